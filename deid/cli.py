@@ -1,0 +1,157 @@
+"""The ``deid`` command line: thin click commands over :mod:`deid.pipeline` and friends.
+
+Exit codes: 0 every DICOM input written; 1 some quarantined (or, for ``verify``, a leak found);
+2 usage error; 3 configuration error (profile, key, folders); 75 another run holds the output
+folder; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+import structlog
+
+from deid import __version__, logs
+
+EXIT_CONFIG = 3
+EXIT_LOCKED = 75
+EXIT_INTERRUPTED = 130
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, package_name="deid-dicom")
+def main() -> None:
+    """Batch DICOM de-identification (PS3.15 Annex E profiles, keyed pseudonyms, audit)."""
+
+
+@main.command()
+@click.argument("input_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("output_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--profile", "-p", default="basic", show_default=True,
+              help="Shipped profile name (basic, research) or path of a site profile TOML.")
+@click.option("--option", "-o", "options", multiple=True,
+              help="Add a PS3.15 option to the profile (repeatable), e.g. retain_uids.")
+@click.option("--key-file", type=click.Path(dir_okay=False, path_type=Path), envvar="DEID_KEY_FILE",
+              help="Secret key for pseudonyms [env DEID_KEY_FILE]; default: a per-user key.")
+@click.option("--jobs", "-j", default=-1, show_default=True, help="Worker processes (-1: all cores).")
+@click.option("--header-only", is_flag=True,
+              help="Skip every pixel stage; objects that need pixel cleaning are quarantined.")
+@click.option("--audit-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Private audit folder (ledger, crosswalks); default OUTPUT_DIR.audit.")
+@click.option("--json-logs/--console-logs", default=None,
+              help="Log format; default JSON lines unless stderr is a terminal.")
+@click.option("--verbose", "-v", is_flag=True, help="Also log skipped (non-DICOM) files.")
+def run(
+    input_dir: Path,
+    output_dir: Path,
+    profile: str,
+    options: tuple[str, ...],
+    key_file: Path | None,
+    jobs: int,
+    header_only: bool,
+    audit_dir: Path | None,
+    json_logs: bool | None,
+    verbose: bool,
+) -> None:
+    """De-identify every DICOM file under INPUT_DIR into OUTPUT_DIR."""
+    from deid.header.profiles import ProfileError
+    from deid.keys import KeyFileError, load_key
+    from deid.pipeline import LockedError, RunConfig, default_audit_dir
+    from deid.pipeline import run as run_pipeline
+
+    logs.configure(json_logs, verbose)
+    log = structlog.get_logger()
+    try:
+        config = RunConfig(profile, options, load_key(key_file), header_only=header_only)
+        summary = run_pipeline(config, input_dir, output_dir, audit_dir, jobs)
+    except (ProfileError, KeyFileError, ValueError) as exc:
+        log.error("configuration error", reason=str(exc))
+        sys.exit(EXIT_CONFIG)
+    except LockedError as exc:
+        log.error("locked", reason=str(exc))
+        sys.exit(EXIT_LOCKED)
+    except KeyboardInterrupt:
+        log.error("interrupted; run again to finish")
+        sys.exit(EXIT_INTERRUPTED)
+    audit = (audit_dir or default_audit_dir(output_dir.resolve()))
+    log.info(
+        "run finished",
+        **summary.counts,
+        processed=summary.processed,
+        resumed=summary.resumed,
+        seconds=round(summary.seconds, 2),
+        audit=str(audit),
+    )
+    if summary.counts["quarantined"]:
+        click.echo(
+            f"{summary.counts['quarantined']} input(s) quarantined: see {audit / 'quarantine.csv'}",
+            err=True,
+        )
+    sys.exit(summary.exit_code)
+
+
+@main.command()
+@click.argument("output_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--against", "input_dir", required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The input tree whose identifying values must not appear in OUTPUT_DIR.")
+@click.option("--reveal", is_flag=True, help="Print the leaked values (PHI!) too.")
+def verify(output_dir: Path, input_dir: Path, reveal: bool) -> None:
+    """Report identifying values of INPUT that survive anywhere in OUTPUT_DIR (exit 1 on a leak)."""
+    from deid.verify import format_leak
+    from deid.verify import verify as find
+
+    leaks = find(output_dir, input_dir)
+    for leak in leaks:
+        click.echo(format_leak(leak, reveal=reveal))
+    click.echo(f"{len(leaks)} leak(s) found", err=True)
+    sys.exit(1 if leaks else 0)
+
+
+@main.group()
+def profiles() -> None:
+    """List the shipped profiles or show what one does, rule by rule."""
+
+
+@profiles.command("list")
+def profiles_list() -> None:
+    """List the shipped profiles and the PS3.15 options."""
+    from deid.header.profiles import OPTIONS, load_profile, shipped_profiles
+
+    for name in shipped_profiles():
+        profile = load_profile(name)
+        click.echo(f"{name}: {', '.join(profile.options) or 'no options'}")
+    click.echo("options: " + ", ".join(OPTIONS))
+
+
+@profiles.command("show")
+@click.argument("name")
+@click.option("--option", "-o", "options", multiple=True, help="Add a PS3.15 option.")
+def profiles_show(name: str, options: tuple[str, ...]) -> None:
+    """Print every rule of profile NAME: tag, name, action and where the rule comes from."""
+    from deid.header.actions import BY_CODE
+    from deid.header.profiles import ProfileError, load_profile
+
+    try:
+        profile = load_profile(name, options)
+    except ProfileError as exc:
+        raise click.UsageError(str(exc)) from exc
+    click.echo(f"profile {profile.name}; options: {', '.join(profile.options) or 'none'}")
+    click.echo("codes: " + ", ".join(f"{c.value} {c.meaning}" for c in profile.codes))
+    for rule in sorted(profile.rules(), key=lambda r: r.tag or r.keyword or r.vr or ""):
+        target = rule.tag or rule.keyword or (f"VR {rule.vr}" if rule.vr else f"private {rule.private_creator}")
+        click.echo(f"{target:14} {rule.action:7} {rule.source:32} {rule.name}")
+    click.echo("\nactions:")
+    for action in BY_CODE.values():
+        click.echo("  " + action.describe())
+    click.echo(
+        "  compound codes (Z/D, X/Z, X/D, X/Z/D, X/Z/U*) resolve by the attribute's Type in the "
+        "object's IOD; see deid.header.iod.resolve_compound"
+    )
+    click.echo(
+        "  attributes not listed: UI replaced unless a registry UID, DA/DT shifted/kept/removed "
+        "by the date option, TM kept only with a date option, PN emptied, free text stripped of "
+        "the object's identifying values, private attributes removed unless safe"
+    )

@@ -1,0 +1,370 @@
+"""Apply a compiled profile to a dataset: every element, every sequence item at any depth.
+
+Decisions are made on the raw elements (tag and VR); only elements that change are decoded,
+which keeps the cost close to pydicom's bare read and write.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from pydicom._uid_dict import UID_dictionary
+from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
+
+from deid import __version__
+from deid.header.actions import BY_CODE, CLEAN, KEEP, REMOVE, REPLACE_UID, SHIFT_DATE, TEXT_VRS
+from deid.header.iod import attribute_types, resolve_compound
+from deid.header.profiles import Profile
+from deid.header.pseudonyms import Pseudonymizer
+
+#: Removed whatever the profile says: Encrypted Attributes, Original Attributes, Digital
+#: Signatures, MAC Parameters, trailing padding (PS3.15 E.1.1 and the notes of Table E.1-1).
+ALWAYS_REMOVED = frozenset(
+    {0x04000500, 0x04000561, 0x4FFE0001, 0xFFFAFFFA, 0xFFFCFFFC, 0x00880200}
+)
+#: UI attributes that name registries and definitions, never an instance.
+REGISTRY_UID_KEYWORDS = frozenset(
+    {
+        "CodingSchemeUID",
+        "ContextGroupExtensionCreatorUID",
+        "ContextUID",
+        "MappingResourceUID",
+        "TemplateExtensionCreatorUID",
+        "TemplateExtensionOrganizationUID",
+        "PrivateRecordUID",
+        "TransferSyntaxUID",
+        "ImplementationClassUID",
+        "EncryptedContentTransferSyntaxUID",
+        "CodeSetExtensionCreatorUID",
+    }
+)
+#: Sequences whose items are SR content items (Clean Structured Content, E.3.4).
+CONTENT_SEQUENCES = frozenset({0x0040A730, 0x00400555, 0x00400610})
+#: Attributes whose values identify the patient and are searched for in free text.
+IDENTIFYING_KEYWORDS = (
+    "PatientName",
+    "PatientID",
+    "OtherPatientIDs",
+    "OtherPatientNames",
+    "PatientBirthName",
+    "PatientMotherBirthName",
+    "PatientBirthDate",
+    "PatientAddress",
+    "PatientTelephoneNumbers",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "PerformingPhysicianName",
+    "OperatorsName",
+    "InstitutionName",
+    "MedicalRecordLocator",
+)
+_MIN_TOKEN = 3
+_CLASS_UID_SUFFIX = "ClassUID"
+
+
+def _vr_of(element: object, tag: int) -> str:
+    vr = getattr(element, "VR", None)
+    if vr:
+        return str(vr)
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return "UN"
+
+
+def _is_overlay_or_curve(group: int) -> bool:
+    """Overlay (60xx) and curve (50xx) groups are removed whole: their bitmaps cannot be cleaned."""
+    return group & 0xFF01 in (0x5000, 0x6000) and group & 0xFF <= 0x1E
+
+
+def _is_registry_uid(tag: int) -> bool:
+    keyword = keyword_for_tag(tag)
+    return keyword in REGISTRY_UID_KEYWORDS or keyword.endswith(_CLASS_UID_SUFFIX)
+
+
+def _creator(ds: Dataset, tag: int) -> str | None:
+    """The private creator of private element ``tag``, upper-case, or ``None``."""
+    creator_tag = (tag & 0xFFFF0000) | ((tag >> 8) & 0xFF)
+    if creator_tag not in ds:
+        return None
+    value = ds[creator_tag].value
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    return str(value).strip(" \x00").upper()
+
+
+def patient_key(ds: Dataset) -> str:
+    """The original identity a patient's pseudonym and date shift derive from.
+
+    Patient ID with its issuer; else name and birth date; else the Study Instance UID.
+    """
+    patient_id = str(ds.get("PatientID", "") or "").strip()
+    if patient_id:
+        return f"id:{patient_id}^{str(ds.get('IssuerOfPatientID', '') or '').strip()}"
+    name = str(ds.get("PatientName", "") or "").strip()
+    if name:
+        return f"name:{name}^{str(ds.get('PatientBirthDate', '') or '').strip()}"
+    return f"study:{str(ds.get('StudyInstanceUID', '') or '').strip()}"
+
+
+def _identifying_pattern(ds: Dataset) -> re.Pattern[str] | None:
+    tokens: set[str] = set()
+    for keyword in IDENTIFYING_KEYWORDS:
+        element = ds.data_element(keyword) if keyword in ds else None
+        if element is None or element.VR == "SQ":
+            continue
+        values = element.value if element.VM > 1 else [element.value]
+        for value in values:
+            text = str(value or "").strip()
+            if len(text) < _MIN_TOKEN:
+                continue
+            tokens.add(text)
+            if element.VR == "PN":
+                tokens.update(p for p in re.split(r"[\^=\s,]+", text) if len(p) >= _MIN_TOKEN)
+            elif element.VR == "DA" and len(text) == 8:
+                tokens.update(
+                    {f"{text[:4]}-{text[4:6]}-{text[6:]}", f"{text[6:]}.{text[4:6]}.{text[:4]}",
+                     f"{text[4:6]}/{text[6:]}/{text[:4]}"}
+                )
+    if not tokens:
+        return None
+    alternatives = "|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True))
+    return re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)
+
+
+@dataclass
+class FileContext:
+    """The state of one file's de-identification.
+
+    Attributes
+    ----------
+    profile, pseudo
+        The compiled profile and the keyed pseudonymizer.
+    types
+        Attribute Types of the object's IOD, or ``None`` when unknown.
+    patient_pseudonym
+        The patient's keyed pseudonym (Patient ID and Patient's Name).
+    shift_days
+        The patient's date shift in days.
+    uid_pairs
+        Original to new UIDs replaced in this file (for the crosswalk).
+    """
+
+    profile: Profile
+    pseudo: Pseudonymizer
+    types: dict[tuple[str, ...], str] | None
+    patient_pseudonym: str
+    shift_days: int
+    identifying: re.Pattern[str] | None
+    path: list[str] = field(default_factory=list)
+    uid_pairs: dict[str, str] = field(default_factory=dict)
+    original_patient_id: str = ""
+    dates_shifted: bool = False
+    text_redacted: int = 0
+
+    def map_uid(self, uid: str) -> str:
+        """The keyed replacement of ``uid``; well-known UIDs are returned unchanged."""
+        uid = uid.strip("\x00 ")
+        if not uid or uid in UID_dictionary:
+            return uid
+        new = self.pseudo.uid(uid)
+        self.uid_pairs[uid] = new
+        return new
+
+    def redact_text(self, ds: Dataset, tag: BaseTag) -> bool:
+        """Remove the object's identifying values from the text at ``tag``."""
+        if self.identifying is None:
+            return False
+        element = ds[tag]
+        if element.VM == 0:
+            return False
+        values = element.value if element.VM > 1 else [element.value]
+        cleaned = [self.identifying.sub("", str(v)).strip() for v in values]
+        if cleaned == [str(v).strip() for v in values]:
+            return False
+        element.value = cleaned if element.VM > 1 else cleaned[0]
+        self.text_redacted += 1
+        return True
+
+    def attribute_type(self, keyword: str) -> str | None:
+        if self.types is None:
+            return None
+        found = self.types.get((*self.path, keyword))
+        if found is None and not self.path:
+            return "3"  # not in the IOD at all: removable
+        return found
+
+    # -- the walk --------------------------------------------------------------------------
+
+    def walk(self, ds: Dataset) -> None:
+        """Apply the profile to every element of ``ds``, recursing into sequences."""
+        creators_used: set[int] = set()
+        creators: list[int] = []
+        for tag in list(ds.keys()):
+            raw = ds.get_item(tag)
+            group, element = tag >> 16, tag & 0xFFFF
+            if group & 1:
+                if 0x10 <= element <= 0xFF:
+                    creators.append(tag)
+                elif element < 0x10 or not self._private(ds, BaseTag(tag), _vr_of(raw, tag)):
+                    del ds[tag]
+                else:
+                    creators_used.add((tag & 0xFFFF0000) | (element >> 8))
+                continue
+            if (
+                element == 0
+                or group in (0x0002, 0x0004)
+                or tag in ALWAYS_REMOVED
+                or _is_overlay_or_curve(group)
+            ):
+                del ds[tag]
+                continue
+            vr = _vr_of(raw, tag)
+            action = self._action(BaseTag(tag), vr)
+            action(self, ds, BaseTag(tag), vr)
+        for tag in creators:
+            if tag not in creators_used:
+                del ds[tag]
+
+    def walk_sequence(self, ds: Dataset, tag: BaseTag, items: Sequence) -> None:
+        """Apply the profile to each item of a sequence; SR content items by concept."""
+        self.path.append(keyword_for_tag(tag) or f"{tag:08X}")
+        try:
+            if tag in CONTENT_SEQUENCES and self.profile.sr_concepts:
+                kept = [item for item in items if self._content_item_kept(item)]
+                if len(kept) != len(items):
+                    ds[tag].value = Sequence(kept)
+                    items = ds[tag].value
+            for item in items:
+                self.walk(item)
+        finally:
+            self.path.pop()
+
+    # -- decisions ---------------------------------------------------------------------------
+
+    def _action(self, tag: BaseTag, vr: str):
+        rule = self.profile.rule_for_tag(tag)
+        if rule is not None:
+            code = rule.action
+            if "/" in code:
+                code = resolve_compound(code, self.attribute_type(keyword_for_tag(tag)))
+            if vr in ("DA", "DT") and code == "C":
+                return SHIFT_DATE
+            return BY_CODE[code]
+        site = self.profile.by_vr.get(vr)
+        if site is not None:
+            return BY_CODE[resolve_compound(site.action, None)]
+        return self._by_vr(tag, vr)
+
+    def _by_vr(self, tag: BaseTag, vr: str):
+        """Attributes the tables do not list, handled by VR (PS3.15 E.1.1 note on dates)."""
+        if vr == "SQ":
+            return KEEP
+        if vr == "UI":
+            return KEEP if _is_registry_uid(tag) else REPLACE_UID
+        if vr in ("DA", "DT"):
+            option = self.profile.date_option
+            return KEEP if option == "full" else SHIFT_DATE if option == "modified" else REMOVE
+        if vr == "TM":
+            return KEEP if self.profile.date_option else REMOVE
+        if vr == "PN":
+            return BY_CODE["Z"]
+        if vr in TEXT_VRS:
+            return CLEAN
+        if vr == "UR":
+            return REMOVE
+        return KEEP
+
+    def _private(self, ds: Dataset, tag: BaseTag, vr: str) -> bool:
+        """Handle one private data element; return whether it is kept."""
+        creator = _creator(ds, tag)
+        if creator is None:
+            return False
+        offset = tag & 0xFF
+        profile = self.profile
+        rule = profile.private.get((creator, offset)) or profile.private.get((creator, None))
+        if rule is not None:
+            code = resolve_compound(rule.action, None)
+        elif profile.has("retain_safe_private") and (creator, tag >> 16, offset) in profile.safe_private:
+            code = "C"
+        else:
+            return False
+        if code == "X":
+            return False
+        BY_CODE[code](self, ds, tag, vr)
+        return tag in ds
+
+    def _content_item_kept(self, item: Dataset) -> bool:
+        """Clean Structured Content: drop items whose concept Table E.3.4-1 says to remove."""
+        names = item.get("ConceptNameCodeSequence")
+        if not names:
+            return True
+        concept = names[0]
+        key = (str(concept.get("CodingSchemeDesignator", "")), str(concept.get("CodeValue", "")))
+        return self.profile.sr_concepts.get(key, "K") != "X"
+
+
+class HeaderEngine:
+    """De-identify dataset headers with one profile and one key.
+
+    Parameters
+    ----------
+    profile
+        The compiled profile.
+    pseudo
+        The keyed pseudonymizer.
+    """
+
+    def __init__(self, profile: Profile, pseudo: Pseudonymizer) -> None:
+        self.profile = profile
+        self.pseudo = pseudo
+
+    def context(self, ds: Dataset) -> FileContext:
+        """Make the per-file context (pseudonyms, date shift, identifying values) for ``ds``."""
+        key = patient_key(ds)
+        return FileContext(
+            profile=self.profile,
+            pseudo=self.pseudo,
+            types=attribute_types(str(ds.get("SOPClassUID", ""))),
+            patient_pseudonym=self.pseudo.token(key),
+            shift_days=self.pseudo.date_shift_days(key),
+            identifying=_identifying_pattern(ds),
+            original_patient_id=str(ds.get("PatientID", "") or "").strip(),
+        )
+
+    def apply(self, ds: Dataset) -> FileContext:
+        """De-identify ``ds`` in place and add the PS3.15 de-identification attributes.
+
+        Returns
+        -------
+        FileContext
+            What was done: UID pairs, patient pseudonym, whether dates were shifted.
+        """
+        ctx = self.context(ds)
+        ctx.walk(ds)
+        self._mark(ds)
+        return ctx
+
+    def _mark(self, ds: Dataset) -> None:
+        profile = self.profile
+        ds.PatientIdentityRemoved = "YES"
+        ds.DeidentificationMethod = f"deid {__version__}: profile {profile.name}"[:64]
+        items = Sequence()
+        for code in profile.codes:
+            item = Dataset()
+            item.CodeValue = code.value
+            item.CodingSchemeDesignator = code.scheme
+            item.CodeMeaning = code.meaning
+            items.append(item)
+        ds.DeidentificationMethodCodeSequence = items
+        ds.LongitudinalTemporalInformationModified = {
+            "full": "UNMODIFIED",
+            "modified": "MODIFIED",
+        }.get(profile.date_option or "", "REMOVED")
+
+
+__all__ = ["HeaderEngine", "FileContext", "patient_key"]

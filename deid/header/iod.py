@@ -1,0 +1,68 @@
+"""Attribute Types (1, 1C, 2, 2C, 3) per SOP class, from highdicom's copy of PS3.3.
+
+Compound action codes (Z/D, X/Z, X/D, X/Z/D, X/Z/U*) depend on whether an attribute is Type 1
+or Type 2 in the object's IOD; this module answers that question.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from highdicom._standard_utils import (
+    get_iod_module_map,
+    get_module_attribute_map,
+    get_sop_class_iod_map,
+)
+
+_STRENGTH = {"1": 0, "1C": 1, "2": 2, "2C": 3, "3": 4}
+
+
+@lru_cache(maxsize=256)
+def attribute_types(sop_class_uid: str) -> dict[tuple[str, ...], str] | None:
+    """Map ``(*sequence keywords, keyword)`` to the strongest Type in the IOD.
+
+    Parameters
+    ----------
+    sop_class_uid
+        The object's SOP Class UID.
+
+    Returns
+    -------
+    dict or None
+        The Types, or ``None`` when the IOD of the SOP class is not known.
+    """
+    iod = get_sop_class_iod_map().get(sop_class_uid)
+    if iod is None:
+        return None
+    modules = get_module_attribute_map()
+    types: dict[tuple[str, ...], str] = {}
+    for module in get_iod_module_map()[iod]:
+        for attribute in modules.get(module["key"], []):
+            key = (*attribute["path"], attribute["keyword"])
+            old = types.get(key)
+            if old is None or _STRENGTH[attribute["type"]] < _STRENGTH[old]:
+                types[key] = attribute["type"]
+    return types
+
+
+def resolve_compound(code: str, attribute_type: str | None) -> str:
+    """Resolve a compound action code to a single one.
+
+    With the Type known: Z/D gives D for Type 1, else Z; X/Z gives Z for Type 2, else X;
+    X/D gives D for Type 1, else X; X/Z/D gives D, Z or X for Type 1, 2 or 3; X/Z/U* keeps
+    a Type 1 or 2 sequence with its UIDs replaced (U), else X. With the Type unknown the
+    result must be safe and conformant whatever the Type: D for Z/D, X/D and X/Z/D (a dummy
+    value leaks nothing and satisfies Type 1), Z for X/Z, and U for X/Z/U*.
+    """
+    base = attribute_type.rstrip("C") if attribute_type else None
+    if code == "Z/D":
+        return "Z" if base in ("2", "3") else "D"
+    if code == "X/Z":
+        return "X" if base == "3" else "Z"
+    if code == "X/D":
+        return "X" if base in ("2", "3") else "D"
+    if code == "X/Z/D":
+        return {"1": "D", "2": "Z", "3": "X"}.get(base or "", "D")
+    if code == "X/Z/U*":
+        return "X" if base == "3" else "U"
+    return code

@@ -1,0 +1,318 @@
+"""Rule profiles: load the TOML files in rules/, compose them and compile a lookup.
+
+A profile file holds a ``[profile]`` table and ``[[rule]]`` entries. ``extends`` names the
+profile it builds on and ``options`` the PS3.15 options in force; the options' rows override
+the base, and the profile's own rules override both. A rule matches one of:
+
+* ``tag = "(gggg,eeee)"`` (also the repeating groups ``(50xx,xxxx)`` and ``(60xx,eeee)``),
+* ``keyword = "PatientName"``,
+* ``vr = "PN"`` (attributes the tables do not list),
+* ``private_creator = "ACME 1.0"`` with optional ``element = "xx10"`` offset.
+
+Actions are the PS3.15 codes (Table E.1-1a): ``D Z X K C U`` and the compound ``Z/D X/Z X/D
+X/Z/D X/Z/U*``.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from pydicom.datadict import tag_for_keyword
+
+#: The action codes of Table E.1-1a.
+ACTION_CODES = frozenset({"D", "Z", "X", "K", "C", "U", "Z/D", "X/Z", "X/D", "X/Z/D", "X/Z/U*"})
+
+#: The options, in the order of Table E.1-1.
+OPTIONS = (
+    "retain_safe_private",
+    "retain_uids",
+    "retain_device_identity",
+    "retain_institution_identity",
+    "retain_patient_characteristics",
+    "retain_long_full_dates",
+    "retain_long_modified_dates",
+    "clean_descriptors",
+    "clean_structured_content",
+    "clean_graphics",
+)
+
+#: Table E.1-1's row for all private attributes.
+PRIVATE_ROW = "(gggg,eeee)"
+
+_TAG = re.compile(r"^\(([0-9A-Fa-fx]{4}),([0-9A-Fa-fx]{4})\)$")
+
+
+class ProfileError(ValueError):
+    """A profile file is missing, malformed or inconsistent."""
+
+
+def rules_dir() -> Path:
+    """Return the folder holding the shipped rule files."""
+    return Path(str(resources.files("deid._rules")))
+
+
+@dataclass(frozen=True)
+class Code:
+    """A CID 7050 coded concept."""
+
+    value: str
+    scheme: str
+    meaning: str
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One rule: what it matches, its action and where it came from."""
+
+    action: str
+    source: str
+    name: str = ""
+    tag: str | None = None
+    keyword: str | None = None
+    vr: str | None = None
+    private_creator: str | None = None
+    element: int | None = None
+
+
+@dataclass
+class Profile:
+    """A compiled profile: rule lookups by tag, pattern, VR and private creator.
+
+    Attributes
+    ----------
+    name
+        Profile name.
+    options
+        The PS3.15 options in force.
+    codes
+        CID 7050 codes for the profile and each option, in claim order.
+    tags
+        Exact tag to rule.
+    masks
+        ``(mask, value, rule)`` triples for repeating groups.
+    by_vr
+        Site rules by VR, for attributes no tag rule names.
+    private
+        Site rules by ``(creator, element offset or None)``.
+    safe_private
+        ``(creator, group, element offset)`` of private attributes known to be safe.
+    sr_concepts
+        ``(coding scheme, code value)`` to action for Clean Structured Content.
+    """
+
+    name: str
+    options: tuple[str, ...]
+    codes: tuple[Code, ...]
+    tags: dict[int, Rule] = field(default_factory=dict)
+    masks: list[tuple[int, int, Rule]] = field(default_factory=list)
+    by_vr: dict[str, Rule] = field(default_factory=dict)
+    private: dict[tuple[str, int | None], Rule] = field(default_factory=dict)
+    safe_private: frozenset[tuple[str, int, int]] = frozenset()
+    sr_concepts: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    @property
+    def date_option(self) -> str | None:
+        """``"full"``, ``"modified"`` or ``None``: how longitudinal dates are kept."""
+        if "retain_long_full_dates" in self.options:
+            return "full"
+        if "retain_long_modified_dates" in self.options:
+            return "modified"
+        return None
+
+    def has(self, option: str) -> bool:
+        """Return whether ``option`` is in force."""
+        return option in self.options
+
+    def rule_for_tag(self, tag: int) -> Rule | None:
+        """Return the rule naming ``tag`` exactly or by repeating-group pattern."""
+        rule = self.tags.get(tag)
+        if rule is not None:
+            return rule
+        for mask, value, pattern_rule in self.masks:
+            if tag & mask == value:
+                return pattern_rule
+        return None
+
+    def rules(self) -> list[Rule]:
+        """Every rule in force, for display."""
+        listed = list(self.tags.values()) + [r for _, _, r in self.masks]
+        return listed + list(self.by_vr.values()) + list(self.private.values())
+
+
+def parse_tag(text: str) -> tuple[int, int] | int:
+    """Parse ``(gggg,eeee)``; return the tag, or ``(mask, value)`` for an ``xx`` pattern.
+
+    Raises
+    ------
+    ProfileError
+        If ``text`` is not a tag.
+    """
+    match = _TAG.match(text.strip())
+    if not match:
+        raise ProfileError(f"not a tag: {text!r}")
+    hex_text = (match[1] + match[2]).upper()
+    if "X" not in hex_text:
+        return int(hex_text, 16)
+    mask = int("".join("0" if c == "X" else "F" for c in hex_text), 16)
+    value = int(hex_text.replace("X", "0"), 16)
+    return mask, value
+
+
+def _read(path: Path) -> dict:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError as exc:
+        raise ProfileError(f"no such profile file: {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(f"{path}: {exc}") from exc
+
+
+def _resolve_path(name_or_path: str, base: Path | None = None) -> Path:
+    candidate = Path(name_or_path)
+    if candidate.suffix == ".toml":
+        if not candidate.is_absolute() and base is not None and not candidate.exists():
+            candidate = base / candidate
+        return candidate
+    return rules_dir() / f"{name_or_path}.toml"
+
+
+def _rule(entry: dict, source: str) -> Rule:
+    action = entry.get("action")
+    if action not in ACTION_CODES:
+        raise ProfileError(f"{source}: unknown action {action!r} (use one of {sorted(ACTION_CODES)})")
+    element = entry.get("element")
+    return Rule(
+        action=action,
+        source=source,
+        name=entry.get("name", ""),
+        tag=entry.get("tag"),
+        keyword=entry.get("keyword"),
+        vr=entry.get("vr"),
+        private_creator=entry.get("private_creator"),
+        element=int(element[-2:], 16) if element else None,
+    )
+
+
+def _add(profile: Profile, rule: Rule) -> None:
+    if rule.private_creator is not None:
+        profile.private[(rule.private_creator.strip().upper(), rule.element)] = rule
+    elif rule.tag == PRIVATE_ROW:
+        profile.private[("*", None)] = rule
+    elif rule.tag is not None:
+        parsed = parse_tag(rule.tag)
+        if isinstance(parsed, tuple):
+            profile.masks = [m for m in profile.masks if m[:2] != parsed] + [(*parsed, rule)]
+        else:
+            profile.tags[parsed] = rule
+    elif rule.keyword is not None:
+        tag = tag_for_keyword(rule.keyword)
+        if tag is None:
+            raise ProfileError(f"{rule.source}: unknown keyword {rule.keyword!r}")
+        profile.tags[tag] = rule
+    elif rule.vr is not None:
+        profile.by_vr[rule.vr] = rule
+    else:
+        raise ProfileError(f"{rule.source}: a rule needs tag, keyword, vr or private_creator")
+
+
+def _code(meta: dict) -> Code:
+    return Code(meta["code_value"], meta["coding_scheme"], meta["code_meaning"])
+
+
+def _safe_private() -> frozenset[tuple[str, int, int]]:
+    entries = _read(rules_dir() / "safe-private.toml")["private"]
+    return frozenset(
+        (e["private_creator"].strip().upper(), int(e["group"], 16), int(e["element"], 16))
+        for e in entries
+    )
+
+
+def _sr_concepts(options: tuple[str, ...]) -> dict[tuple[str, str], str]:
+    concepts = {}
+    for entry in _read(rules_dir() / "sr-concepts.toml")["concept"]:
+        action = entry["basic"]
+        for option in options:
+            action = entry.get(option, action)
+        concepts[(entry["coding_scheme"], entry["code_value"])] = action
+    return concepts
+
+
+def load_profile(name_or_path: str, extra_options: tuple[str, ...] = ()) -> Profile:
+    """Load a profile by shipped name (``basic``, ``research``) or TOML path.
+
+    Parameters
+    ----------
+    name_or_path
+        A shipped profile name or the path of a site profile.
+    extra_options
+        Options to add to those the profile declares.
+
+    Returns
+    -------
+    Profile
+        The compiled profile.
+
+    Raises
+    ------
+    ProfileError
+        If a file is missing or malformed, an option is unknown, or both date options are in force.
+    """
+    chain: list[tuple[Path, dict]] = []
+    path = _resolve_path(name_or_path)
+    seen: set[Path] = set()
+    while True:
+        if path in seen:
+            raise ProfileError(f"profile {path} extends itself")
+        seen.add(path)
+        data = _read(path)
+        chain.append((path, data))
+        parent = data.get("profile", {}).get("extends")
+        if not parent:
+            break
+        path = _resolve_path(parent, path.parent)
+    chain.reverse()  # base first
+
+    options: list[str] = []
+    for _, data in chain:
+        options += data.get("profile", {}).get("options", [])
+    options += extra_options
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise ProfileError(f"unknown option(s): {', '.join(unknown)}; known: {', '.join(OPTIONS)}")
+    ordered = tuple(o for o in OPTIONS if o in options)
+    if {"retain_long_full_dates", "retain_long_modified_dates"} <= set(ordered):
+        raise ProfileError("retain_long_full_dates and retain_long_modified_dates exclude each other")
+
+    base_path, base = chain[0]
+    profile = Profile(
+        name=chain[-1][1].get("profile", {}).get("name", chain[-1][0].stem),
+        options=ordered,
+        codes=(),
+    )
+    codes = [_code(base["profile"])] if "code_value" in base.get("profile", {}) else []
+    for entry in base.get("rule", []):
+        _add(profile, _rule(entry, base_path.stem))
+    for option in ordered:
+        data = _read(rules_dir() / "options" / f"{option}.toml")
+        codes.append(_code(data["profile"]))
+        for entry in data.get("rule", []):
+            _add(profile, _rule(entry, option))
+    for path, data in chain[1:]:
+        for entry in data.get("rule", []):
+            _add(profile, _rule(entry, path.stem))
+    profile.codes = tuple(codes)
+    if profile.has("retain_safe_private"):
+        profile.safe_private = _safe_private()
+    if profile.has("clean_structured_content"):
+        profile.sr_concepts = _sr_concepts(ordered)
+    return profile
+
+
+def shipped_profiles() -> list[str]:
+    """Names of the profiles shipped in rules/."""
+    return sorted(p.stem for p in rules_dir().glob("*.toml") if "profile" in _read(p))

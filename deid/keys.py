@@ -1,0 +1,63 @@
+"""The secret key behind every pseudonym: where it comes from and how it is kept."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import platformdirs
+import structlog
+
+#: Environment variable naming the key file.
+KEY_FILE_ENV = "DEID_KEY_FILE"
+
+
+class KeyFileError(Exception):
+    """The key file cannot be read or is unsafe."""
+
+
+def default_key_path() -> Path:
+    """The per-user key file created when no key is given."""
+    return Path(platformdirs.user_config_dir("deid")) / "key"
+
+
+def load_key(key_file: Path | None) -> bytes:
+    """Read the secret key, creating the per-user default key once if none is given.
+
+    Parameters
+    ----------
+    key_file
+        Explicit key file, else ``$DEID_KEY_FILE``, else :func:`default_key_path`.
+
+    Returns
+    -------
+    bytes
+        The key (file content without surrounding whitespace).
+
+    Raises
+    ------
+    KeyFileError
+        If the key file is missing, empty or shorter than 16 bytes.
+    """
+    if key_file is None and os.environ.get(KEY_FILE_ENV):
+        key_file = Path(os.environ[KEY_FILE_ENV])
+    if key_file is None:
+        key_file = default_key_path()
+        if not key_file.exists():
+            key_file.parent.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(secrets.token_hex(32) + "\n")
+            structlog.get_logger().warning(
+                "created a new secret key; keep it safe and pass it with --key-file "
+                "so that pseudonyms stay the same on other machines",
+                key_file=str(key_file),
+            )
+    try:
+        key = key_file.read_bytes().strip()
+    except OSError as exc:
+        raise KeyFileError(f"cannot read key file {key_file}: {exc.strerror}") from exc
+    if len(key) < 16:
+        raise KeyFileError(f"key file {key_file} holds fewer than 16 bytes")
+    return key

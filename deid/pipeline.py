@@ -1,0 +1,312 @@
+"""``deid run``: discover, read, gate, stages, write, audit.
+
+The driver lists the inputs, skips those the ledger says are done, and hands the rest to
+joblib workers. Each worker builds its stages once (per configuration) and returns a
+:class:`~deid.audit.FileResult` per file; only the driver writes the ledger and the reports.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import structlog
+from joblib import Parallel, delayed
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+from tqdm import tqdm
+
+from deid import __version__
+from deid.audit import STATUSES, FileResult, Ledger
+from deid.gate import Gate
+from deid.header.engine import HeaderEngine
+from deid.header.profiles import Profile, load_profile, rules_dir
+from deid.header.pseudonyms import Pseudonymizer
+from deid.header.stage import HeaderStage
+from deid.stage import Item, Quarantined, Stage
+from deid.writer import output_relpath, replace_file_meta, write_atomic
+
+LOCK_NAME = ".deid.lock"
+log = structlog.get_logger()
+
+
+class LockedError(RuntimeError):
+    """Another run holds the lock on this output folder."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a worker needs to process a file; picklable and hashable.
+
+    Attributes
+    ----------
+    profile
+        Profile name or path.
+    options
+        Options added to the profile's own.
+    key
+        The secret key.
+    header_only
+        Skip every pixel stage (objects that need pixel cleaning are then quarantined).
+    """
+
+    profile: str
+    options: tuple[str, ...]
+    key: bytes
+    header_only: bool = True
+
+    def fingerprint(self) -> str:
+        """Hash of what decides the output: version, rules, options, key (not revealed)."""
+        digest = hashlib.sha256()
+        digest.update(f"{__version__}|{self.profile}|{','.join(self.options)}|{self.header_only}".encode())
+        for path in sorted(rules_dir().rglob("*.toml")):
+            digest.update(path.read_bytes())
+        profile_path = Path(self.profile)
+        if profile_path.suffix == ".toml" and profile_path.is_file():
+            digest.update(profile_path.read_bytes())
+        digest.update(Pseudonymizer(self.key).fingerprint().encode())
+        return digest.hexdigest()[:16]
+
+
+@dataclass
+class Worker:
+    """The per-process state built once per configuration: profile, key and stages."""
+
+    profile: Profile
+    pseudo: Pseudonymizer
+    stages: tuple[Stage, ...]
+
+
+@lru_cache(maxsize=4)
+def worker_for(config: RunConfig) -> Worker:
+    """Build (once per process) the stages for ``config``."""
+    profile = load_profile(config.profile, config.options)
+    pseudo = Pseudonymizer(config.key)
+    stages: tuple[Stage, ...] = (
+        Gate(profile, pixel_cleaning=False),
+        HeaderStage(HeaderEngine(profile, pseudo)),
+    )
+    return Worker(profile, pseudo, stages)
+
+
+def discover(root: Path) -> list[str]:
+    """Every regular file under ``root`` (hidden temporary files excluded), sorted, relative."""
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in files:
+            path = Path(folder) / name
+            if path.is_file() and not path.is_symlink():
+                found.append(path.relative_to(root).as_posix())
+    return sorted(found)
+
+
+def _read(path: Path):
+    """Read a DICOM file; return ``None`` for non-DICOM; raise Quarantined when broken."""
+    try:
+        return dcmread(path)
+    except InvalidDicomError:
+        pass
+    except Exception as exc:  # noqa: BLE001 - any parser failure means unreadable
+        raise Quarantined(f"unreadable DICOM ({type(exc).__name__})") from None
+    try:  # no preamble: accept only if it parses as a data set with an SOP class
+        ds = dcmread(path, force=True)
+        return ds if "SOPClassUID" in ds else None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _check_pixels(ds) -> None:
+    """Quarantine objects whose native pixel data is shorter than the header says."""
+    if "PixelData" not in ds or ds.file_meta.TransferSyntaxUID.is_compressed:
+        return
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        expected = (
+            ds.Rows * ds.Columns * ds.SamplesPerPixel * frames * ds.BitsAllocated + 7
+        ) // 8
+    except (AttributeError, TypeError, ValueError):
+        raise Quarantined("pixel data without a valid image pixel description") from None
+    if len(ds.PixelData) < expected:
+        raise Quarantined("truncated pixel data")
+
+
+def process_file(config: RunConfig, input_root: Path, output_root: Path, src: str) -> FileResult:
+    """Take one input file to its end: written, quarantined or skipped.
+
+    Never raises for a bad input: every failure becomes a quarantine with a reason.
+    """
+    path = input_root / src
+    stat = path.stat()
+    result = FileResult(src=src, status="quarantined", size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+    worker = worker_for(config)
+    try:
+        ds = _read(path)
+        if ds is None:
+            result.status, result.reason = "skipped", "not DICOM"
+            return result
+        _check_pixels(ds)
+        item = Item(ds)
+        for stage in worker.stages:
+            stage(item)
+        replace_file_meta(ds)
+        dst = output_relpath(item, worker.pseudo)
+        result.sha256 = write_atomic(ds, output_root / dst)
+    except Quarantined as exc:
+        result.reason = str(exc)
+        return result
+    except Exception as exc:  # noqa: BLE001 - fail closed on anything unexpected
+        result.reason = f"internal error ({type(exc).__name__}); nothing written"
+        return result
+    result.status = "written"
+    result.dst = dst.as_posix()
+    result.sop_class = str(ds.SOPClassUID)
+    result.stages = tuple(item.stages)
+    result.uid_pairs = item.uid_pairs
+    result.patient_pair = item.patient_pair
+    return result
+
+
+@dataclass
+class RunSummary:
+    """Counts of one run; ``exit_code`` follows the documented convention."""
+
+    counts: dict[str, int]
+    processed: int
+    resumed: int
+    seconds: float
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.counts["quarantined"] else 0
+
+
+class OutputLock:
+    """An exclusive ``flock`` on ``OUT/.deid.lock`` for the duration of a run."""
+
+    def __init__(self, output_root: Path) -> None:
+        self.path = output_root / LOCK_NAME
+
+    def __enter__(self) -> OutputLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = self.path.open("w")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.close()
+            raise LockedError(f"another deid run holds {self.path}") from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.path.unlink(missing_ok=True)
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
+
+
+def default_audit_dir(output_root: Path) -> Path:
+    """``OUT.audit`` beside the output folder: never inside the release."""
+    return output_root.with_name(output_root.name + ".audit")
+
+
+def _results(
+    config: RunConfig, input_root: Path, output_root: Path, todo: list[str], jobs: int
+) -> Iterator[FileResult]:
+    if jobs == 1:
+        return (process_file(config, input_root, output_root, src) for src in todo)
+    return Parallel(n_jobs=jobs, return_as="generator_unordered", batch_size="auto")(
+        delayed(process_file)(config, input_root, output_root, src) for src in todo
+    )
+
+
+def run(
+    config: RunConfig,
+    input_root: Path,
+    output_root: Path,
+    audit_dir: Path | None = None,
+    jobs: int = -1,
+) -> RunSummary:
+    """De-identify every file under ``input_root`` into ``output_root``.
+
+    Parameters
+    ----------
+    config
+        Profile, options, key and stage switches.
+    input_root, output_root
+        The input tree and the release folder.
+    audit_dir
+        Private audit folder; default :func:`default_audit_dir`. Must lie outside ``output_root``.
+    jobs
+        Worker processes (``-1``: all cores).
+
+    Returns
+    -------
+    RunSummary
+        Counts of written, quarantined and skipped inputs over the whole input tree.
+
+    Raises
+    ------
+    LockedError
+        If another run holds the output folder.
+    ValueError
+        If the audit folder lies inside the output folder or the input inside the output.
+    """
+    started = time.monotonic()
+    input_root, output_root = input_root.resolve(), output_root.resolve()
+    audit_dir = (audit_dir or default_audit_dir(output_root)).resolve()
+    if audit_dir.is_relative_to(output_root):
+        raise ValueError("the audit folder must lie outside the output folder")
+    if input_root.is_relative_to(output_root) or output_root.is_relative_to(input_root):
+        raise ValueError("input and output folders must not contain each other")
+    worker = worker_for(config)  # fail early on a bad profile
+    with OutputLock(output_root):
+        ledger = Ledger(audit_dir, config.fingerprint())
+        try:
+            sources = discover(input_root)
+            todo = []
+            for src in sources:
+                stat = (input_root / src).stat()
+                if not ledger.done(src, stat.st_size, stat.st_mtime_ns, output_root):
+                    todo.append(src)
+            written_dst: dict[str, str] = {}
+            results = _results(config, input_root, output_root, todo, jobs)
+            for result in tqdm(results, total=len(todo), disable=None, unit="file"):
+                if result.status == "written":
+                    earlier = written_dst.setdefault(result.dst, result.src)
+                    if earlier != result.src:
+                        result.status = "quarantined"
+                        result.reason = "same SOP Instance UID as another input"
+                token = worker.pseudo.token(f"src:{result.src}")[:10]
+                ledger.record(result, token)
+                _log_result(token, result)
+            options = "+".join(worker.profile.options)
+            ledger.write_reports(output_root, set(sources), worker.profile.name, options)
+            counts = ledger.status_counts(sources)
+            summary = RunSummary(counts, len(todo), len(sources) - len(todo), time.monotonic() - started)
+            ledger.write_summary(
+                {"counts": counts, "processed": summary.processed, "resumed": summary.resumed,
+                 "profile": worker.profile.name, "options": list(worker.profile.options)}
+            )
+        finally:
+            ledger.close()
+    return summary
+
+
+def _log_result(token: str, result: FileResult) -> None:
+    """One event per file, without PHI: ``src`` is a keyed token of the input path, which the
+    private ``files.csv`` resolves."""
+    event = {"src": token, "status": result.status}
+    if result.status == "written":
+        log.info("file", dst=result.dst, **event)
+    elif result.status == "quarantined":
+        log.warning("file", reason=result.reason, **event)
+    else:
+        log.debug("file", reason=result.reason, **event)
+
+
+__all__ = ["RunConfig", "RunSummary", "run", "process_file", "discover", "LockedError", "STATUSES"]

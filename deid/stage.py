@@ -1,0 +1,53 @@
+"""The interface every pipeline stage shares: it takes an :class:`Item` and changes it in place.
+
+A stage that finds an object it cannot make safe raises :class:`Quarantined` with a reason;
+the pipeline then writes nothing for that object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pydicom.dataset import FileDataset
+
+
+class Quarantined(Exception):
+    """The object cannot be made safe; the message is the reason and holds no PHI."""
+
+
+@dataclass
+class Item:
+    """One object on its way through the stages.
+
+    Attributes
+    ----------
+    ds
+        The dataset, changed in place by the stages.
+    stages
+        Names of the stages that changed the object, in order.
+    uid_pairs
+        Original to new UIDs (filled by the header stage, for the crosswalk).
+    patient_pair
+        ``(original Patient ID, pseudonym)``.
+    pixels_changed
+        Whether a stage changed the pixel data (then it is re-encoded on write).
+    """
+
+    ds: FileDataset
+    stages: list[str] = field(default_factory=list)
+    uid_pairs: dict[str, str] = field(default_factory=dict)
+    patient_pair: tuple[str, str] = ("", "")
+    pixels_changed: bool = False
+
+
+class Stage(Protocol):
+    """A pipeline stage."""
+
+    name: str
+
+    def __call__(self, item: Item) -> None:
+        """Change ``item`` in place, or raise :class:`Quarantined`."""
+
+    def describe(self) -> str:
+        """One line on what the stage does, for ``deid run --dry-run`` and the docs."""

@@ -1,0 +1,77 @@
+"""Write de-identified objects: fresh file meta, zero preamble, pseudonymous path, atomic replace."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import UID
+
+from deid import __version__
+from deid.header.pseudonyms import Pseudonymizer
+from deid.stage import Item
+
+#: Implementation Class UID of deid (a 2.25 UUID-derived root).
+IMPLEMENTATION_CLASS_UID = UID("2.25.264350963127412779040394316718357813137")
+IMPLEMENTATION_VERSION_NAME = f"DEID_{__version__}"[:16]
+
+
+def output_relpath(item: Item, pseudo: Pseudonymizer) -> Path:
+    """``patient/study/series/instance.dcm``, built only from pseudonyms and new UIDs.
+
+    A value the profile kept (a site rule keeping Patient ID, Retain UIDs) never names a path:
+    it is replaced there by a keyed token.
+    """
+    ds = item.ds
+    patient = str(ds.get("PatientID", "") or "")
+    if not patient or patient != item.patient_pair[1]:
+        patient = pseudo.token(f"path:{patient}")
+    new_uids = set(item.uid_pairs.values())
+
+    def component(uid: str) -> str:
+        return uid if uid in new_uids else pseudo.uid(f"path:{uid}")
+
+    return (
+        Path(patient)
+        / component(str(ds.StudyInstanceUID))
+        / component(str(ds.get("SeriesInstanceUID", "")))
+        / f"{component(str(ds.SOPInstanceUID))}.dcm"
+    )
+
+
+def replace_file_meta(ds: FileDataset) -> None:
+    """Replace the preamble and the File Meta Information (PS3.15 E.1.1)."""
+    transfer_syntax = ds.file_meta.TransferSyntaxUID
+    meta = FileMetaDataset()
+    meta.FileMetaInformationVersion = b"\x00\x01"
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = transfer_syntax
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    ds.file_meta = meta
+    ds.preamble = b"\x00" * 128
+
+
+def write_atomic(ds: FileDataset, path: Path) -> str:
+    """Write ``ds`` to ``path`` through a temporary file and ``os.replace``.
+
+    A killed process leaves either the whole file or none (and at most a hidden ``.tmp``
+    file that the next run's write replaces).
+
+    Returns
+    -------
+    str
+        The SHA-256 of the bytes written.
+    """
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    data = buffer.getvalue()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return hashlib.sha256(data).hexdigest()
