@@ -20,6 +20,7 @@ import structlog
 from joblib import Parallel, delayed
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from tqdm import tqdm
 
 from deid import __version__
@@ -122,6 +123,25 @@ def _read(path: Path):
         return None
 
 
+def _settle_transfer_syntax(ds) -> None:
+    """Make the file meta name the transfer syntax the data set was really read with.
+
+    Raises
+    ------
+    Quarantined
+        If the pixel data is encapsulated in a transfer syntax pydicom does not know.
+    """
+    transfer_syntax = getattr(ds.file_meta, "TransferSyntaxUID", None)
+    if transfer_syntax is not None and transfer_syntax.is_transfer_syntax:
+        return
+    if "PixelData" in ds and ds["PixelData"].is_undefined_length:
+        raise Quarantined("encapsulated pixel data in an unknown transfer syntax")
+    implicit, little = ds.original_encoding
+    ds.file_meta.TransferSyntaxUID = (
+        ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+    )
+
+
 def _check_pixels(ds) -> None:
     """Quarantine objects whose native pixel data is shorter than the header says."""
     if "PixelData" not in ds or ds.file_meta.TransferSyntaxUID.is_compressed:
@@ -151,6 +171,7 @@ def process_file(config: RunConfig, input_root: Path, output_root: Path, src: st
         if ds is None:
             result.status, result.reason = "skipped", "not DICOM"
             return result
+        _settle_transfer_syntax(ds)
         _check_pixels(ds)
         item = Item(ds)
         for stage in worker.stages:
@@ -273,17 +294,13 @@ def run(
                 stat = (input_root / src).stat()
                 if not ledger.done(src, stat.st_size, stat.st_mtime_ns, output_root):
                     todo.append(src)
-            written_dst: dict[str, str] = {}
+            by_dst: dict[str, FileResult] = {}
             results = _results(config, input_root, output_root, todo, jobs)
             for result in tqdm(results, total=len(todo), disable=None, unit="file"):
-                if result.status == "written":
-                    earlier = written_dst.setdefault(result.dst, result.src)
-                    if earlier != result.src:
-                        result.status = "quarantined"
-                        result.reason = "same SOP Instance UID as another input"
-                token = worker.pseudo.token(f"src:{result.src}")[:10]
-                ledger.record(result, token)
-                _log_result(token, result)
+                for settled in _settle_duplicates(by_dst, result, config, input_root, output_root):
+                    token = worker.pseudo.token(f"src:{settled.src}")[:10]
+                    ledger.record(settled, token)
+                    _log_result(token, settled)
             options = "+".join(worker.profile.options)
             ledger.write_reports(output_root, set(sources), worker.profile.name, options)
             counts = ledger.status_counts(sources)
@@ -295,6 +312,29 @@ def run(
         finally:
             ledger.close()
     return summary
+
+
+def _settle_duplicates(
+    by_dst: dict[str, FileResult],
+    result: FileResult,
+    config: RunConfig,
+    input_root: Path,
+    output_root: Path,
+) -> list[FileResult]:
+    """Keep one output per SOP instance: of inputs that map to the same path, the first by
+    input path is written (again, as a later duplicate may have replaced it) and the others
+    are quarantined."""
+    if result.status != "written":
+        return [result]
+    first = by_dst.setdefault(result.dst, result)
+    if first is result:
+        return [result]
+    winner, loser = sorted((first, result), key=lambda r: r.src)
+    winner = process_file(config, input_root, output_root, winner.src)
+    by_dst[result.dst] = winner
+    loser.status, loser.dst, loser.sha256, loser.uid_pairs = "quarantined", "", "", {}
+    loser.reason = "another input has the same SOP Instance UID"
+    return [winner, loser]
 
 
 def _log_result(token: str, result: FileResult) -> None:

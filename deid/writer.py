@@ -36,7 +36,7 @@ def output_relpath(item: Item, pseudo: Pseudonymizer) -> Path:
 
     return (
         Path(patient)
-        / component(str(ds.StudyInstanceUID))
+        / component(str(ds.get("StudyInstanceUID", "")))
         / component(str(ds.get("SeriesInstanceUID", "")))
         / f"{component(str(ds.SOPInstanceUID))}.dcm"
     )
