@@ -1,0 +1,181 @@
+"""The header engine: each action code, options, nesting, private data, character sets."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from conftest import KEY, make_ct
+from deid.header.engine import HeaderEngine
+from deid.header.iod import resolve_compound
+from deid.header.profiles import load_profile
+from deid.header.pseudonyms import Pseudonymizer, shift_da, shift_dt
+
+
+def deidentify(ds: Dataset, profile: str = "basic", options: tuple[str, ...] = ()):
+    engine = HeaderEngine(load_profile(profile, options), Pseudonymizer(KEY))
+    return engine.apply(ds)
+
+
+def roundtrip(ds: Dataset) -> Dataset:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    buffer.seek(0)
+    return dcmread(buffer)
+
+
+def test_basic_profile_action_codes():
+    ds = make_ct()
+    ctx = deidentify(ds)
+    assert "AccessionNumber" in ds and not ds.AccessionNumber  # Z
+    assert "PatientAddress" not in ds  # X
+    assert "DeviceSerialNumber" not in ds  # X/Z/D, Type 3 in the CT IOD: X
+    assert "PatientAge" not in ds  # X
+    assert "StudyDate" in ds and not ds.StudyDate  # Z
+    assert "ReferencedImageSequence" not in ds  # X/Z/U*, Type 3 in the CT IOD: X
+    assert ds.SOPInstanceUID.startswith("2.25.")  # U
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.2"  # well-known: kept
+    assert ds.PatientID == ds.PatientName == ctx.patient_pseudonym  # Z with the pseudonym
+    assert ds.PatientIdentityRemoved == "YES"
+    assert ds.LongitudinalTemporalInformationModified == "REMOVED"
+    assert [c.CodeValue for c in ds.DeidentificationMethodCodeSequence] == ["113100"]
+    assert (0x0029, 0x0010) not in ds and (0x0029, 0x1001) not in ds  # private block gone
+
+
+def test_references_map_like_the_objects_they_point_to():
+    referenced = make_ct(sop_uid="1.2.826.0.1.3680043.8.498.1002")
+    referring = make_ct()
+    instance = Dataset()
+    instance.ReferencedSOPClassUID = referenced.SOPClassUID
+    instance.ReferencedSOPInstanceUID = referenced.SOPInstanceUID
+    series = Dataset()
+    series.SeriesInstanceUID = referenced.SeriesInstanceUID
+    series.ReferencedInstanceSequence = Sequence([instance])
+    referring.ReferencedSeriesSequence = Sequence([series])
+    deidentify(referenced)
+    deidentify(referring)
+    series = referring.ReferencedSeriesSequence[0]
+    assert series.SeriesInstanceUID == referenced.SeriesInstanceUID
+    assert series.ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == referenced.SOPInstanceUID
+    assert series.ReferencedInstanceSequence[0].ReferencedSOPClassUID == referenced.SOPClassUID
+    assert referring.FrameOfReferenceUID == referenced.FrameOfReferenceUID
+    assert referring.SOPInstanceUID != referenced.SOPInstanceUID
+
+
+def test_three_levels_of_sequences_are_cleaned():
+    ds = make_ct()
+    level3 = Dataset()
+    level3.PersonName = "DOE^JOHN"
+    level3.Date = "20240229"
+    level3.ReferencedSOPInstanceUID = "1.2.826.0.1.3680043.8.498.1001"
+    level2 = Dataset()
+    level2.ContentSequence = Sequence([level3])
+    level1 = Dataset()
+    level1.ReferencedSeriesSequence = Sequence([level2])
+    ds.ReferencedInstanceSequence = Sequence([level1])
+    deidentify(ds, "research")
+    level3 = ds.ReferencedInstanceSequence[0].ReferencedSeriesSequence[0].ContentSequence[0]
+    assert level3.ReferencedSOPInstanceUID == ds.SOPInstanceUID  # U at depth 3, consistent
+    assert str(level3.PersonName) not in ("", "DOE^JOHN")  # D
+    assert level3.Date not in ("", "20240229")  # C: shifted
+    assert "ReferencedStudySequence" not in ds.RequestAttributesSequence[0]  # X/Z, Type 3
+
+
+def test_options_override_basic():
+    ds = make_ct()
+    deidentify(ds, "basic", ("retain_uids", "retain_patient_characteristics", "retain_device_identity"))
+    assert ds.SOPInstanceUID == "1.2.826.0.1.3680043.8.498.1001"
+    assert ds.PatientAge == "063Y"
+    assert ds.DeviceSerialNumber == "SN-778899"
+    codes = [c.CodeValue for c in ds.DeidentificationMethodCodeSequence]
+    assert codes == ["113100", "113110", "113109", "113108"]
+
+
+def test_modified_dates_shift_consistently_per_patient():
+    a, b = make_ct(), make_ct(sop_uid="1.2.826.0.1.3680043.8.498.1009")
+    ctx = deidentify(a, "research")
+    deidentify(b, "research")
+    assert a.StudyDate == b.StudyDate == shift_da("20240301", ctx.shift_days)
+    assert a.StudyDate != "20240301"
+    assert a.StudyTime == "101500"  # time of day kept
+    assert a.AcquisitionDateTime == shift_dt("20240301101702.5", ctx.shift_days)
+    assert a.LongitudinalTemporalInformationModified == "MODIFIED"
+
+
+def test_full_dates_keep_dates():
+    ds = make_ct()
+    deidentify(ds, "basic", ("retain_long_full_dates",))
+    assert ds.StudyDate == "20240301"
+    assert ds.LongitudinalTemporalInformationModified == "UNMODIFIED"
+
+
+def test_clean_descriptors_strips_the_objects_own_identifiers():
+    ds = make_ct()
+    deidentify(ds, "research")
+    assert ds.StudyDescription == "CT CHEST for"
+    assert "MRN445566" not in ds.ImageComments
+
+
+def test_safe_private_kept_only_when_listed():
+    ds = make_ct()
+    block = ds.private_block(0x7053, "Philips PET Private Group", create=True)
+    block.add_new(0x00, "DS", "1.5")  # SUV factor: Table E.3.10-1
+    block.add_new(0x01, "LO", "DOE")  # not listed
+    deidentify(ds, "research")
+    assert ds[0x7053, 0x1000].value == "1.5"
+    assert (0x7053, 0x1001) not in ds
+    assert (0x0029, 0x1001) not in ds
+    assert ds[0x7053, 0x0010].value == "Philips PET Private Group"
+
+
+@pytest.mark.parametrize(
+    ("charset", "name"),
+    [("ISO_IR 100", "MÜLLER^JÖRG"), ("ISO_IR 192", "张^伟"), (["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎")],
+)
+def test_character_sets_roundtrip(charset, name):
+    ds = roundtrip(make_ct(patient_name=name, charset=charset))
+    assert str(ds.PatientName) == name
+    ctx = deidentify(ds)
+    out = roundtrip(ds)
+    assert str(out.PatientName) == ctx.patient_pseudonym
+    assert out.SpecificCharacterSet == ds.SpecificCharacterSet
+
+
+@pytest.mark.parametrize(
+    ("code", "type_", "expected"),
+    [
+        ("Z/D", "1", "D"), ("Z/D", "2", "Z"), ("X/Z", "2", "Z"), ("X/Z", "3", "X"),
+        ("X/D", "1C", "D"), ("X/D", "3", "X"), ("X/Z/D", "1", "D"), ("X/Z/D", "2", "Z"),
+        ("X/Z/D", "3", "X"), ("X/Z/U*", "2", "U"), ("X/Z/U*", "3", "X"),
+        ("Z/D", None, "D"), ("X/Z", None, "Z"), ("X/Z/D", None, "D"), ("X/Z/U*", None, "U"),
+    ],
+)
+def test_compound_codes(code, type_, expected):
+    assert resolve_compound(code, type_) == expected
+
+
+def test_pseudonyms_depend_on_the_key():
+    a, b = make_ct(), make_ct()
+    HeaderEngine(load_profile("basic"), Pseudonymizer(KEY)).apply(a)
+    HeaderEngine(load_profile("basic"), Pseudonymizer(b"another key of 32 bytes........")).apply(b)
+    assert a.SOPInstanceUID != b.SOPInstanceUID and a.PatientID != b.PatientID
+
+
+def test_unlisted_attributes_by_vr():
+    ds = make_ct()
+    ds.add_new(0x00181204, "DA", "20240101")  # Date of Manufacture: not in Table E.1-1
+    ds.ContentCreatorName = "HOUSE^GREGORY"
+    deidentify(ds)
+    assert (0x0018, 0x1204) not in ds  # DA without a date option: removed
+    assert "HOUSE" not in str(ds.get("ContentCreatorName", ""))
+
+
+def test_shift_partial_and_invalid_dates():
+    assert shift_da("2024", 1) == "2023"
+    assert shift_da("20240301", 1) == "20240229"
+    assert shift_da("garbage!", 1) == ""
+    assert shift_dt("20240301000000+0100", 1) == "20240229000000+0100"
