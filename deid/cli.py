@@ -155,3 +155,7 @@ def profiles_show(name: str, options: tuple[str, ...]) -> None:
         "by the date option, TM kept only with a date option, PN emptied, free text stripped of "
         "the object's identifying values, private attributes removed unless safe"
     )
+
+
+if __name__ == "__main__":
+    main()

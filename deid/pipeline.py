@@ -11,6 +11,7 @@ import fcntl
 import hashlib
 import os
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -19,6 +20,7 @@ from pathlib import Path
 import structlog
 from joblib import Parallel, delayed
 from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from tqdm import tqdm
@@ -111,16 +113,34 @@ def discover(root: Path) -> list[str]:
 def _read(path: Path):
     """Read a DICOM file; return ``None`` for non-DICOM; raise Quarantined when broken."""
     try:
-        return dcmread(path)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = dcmread(path)
     except InvalidDicomError:
         pass
     except Exception as exc:  # noqa: BLE001 - any parser failure means unreadable
         raise Quarantined(f"unreadable DICOM ({type(exc).__name__})") from None
+    else:
+        if any("End of file reached" in str(w.message) for w in caught):
+            raise Quarantined("truncated file")
+        _check_complete(ds, path.stat().st_size)
+        return ds
     try:  # no preamble: accept only if it parses as a data set with an SOP class
         ds = dcmread(path, force=True)
         return ds if "SOPClassUID" in ds else None
     except Exception:  # noqa: BLE001
         return None
+
+
+def _check_complete(ds, size: int) -> None:
+    """Quarantine a file whose last element is cut short or that has unparsed bytes at its end."""
+    if not ds.keys() or getattr(ds.file_meta, "TransferSyntaxUID", "").endswith("1.2.1.99"):
+        return  # deflated: the stream length says nothing about the file length
+    last = ds.get_item(list(ds.keys())[-1])
+    if not isinstance(last, RawDataElement) or last.length == 0xFFFFFFFF or last.value_tell is None:
+        return
+    if len(last.value or b"") < last.length or last.value_tell + last.length < size:
+        raise Quarantined("truncated file")
 
 
 def _settle_transfer_syntax(ds) -> None:

@@ -1,0 +1,141 @@
+"""`deid run` end to end on generated inputs: outcomes, determinism, resume, lock, audit."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from pydicom import dcmread
+
+from conftest import KEY, make_ct, write
+from deid.cli import EXIT_LOCKED, main
+from deid.pipeline import LOCK_NAME, OutputLock, RunConfig, run
+
+PHI = ("DOE", "JOHN", "MRN445566", "19610412", "ACC99887", "Springfield", "SN-778899")
+
+
+def make_inputs(root: Path, patients: int = 3, slices: int = 4) -> None:
+    for p in range(patients):
+        for s in range(slices):
+            ds = make_ct(
+                patient_name=f"DOE^JOHN{p}",
+                patient_id=f"MRN44556{p}",
+                sop_uid=f"1.2.826.0.1.3680043.8.498.1{p}{s:03d}",
+                study_uid=f"1.2.826.0.1.3680043.8.498.2{p}",
+                series_uid=f"1.2.826.0.1.3680043.8.498.3{p}",
+            )
+            write(ds, root / f"DOE_JOHN{p}_MRN44556{p}" / f"IM{s:04d}.dcm")
+    (root / "README.txt").write_text("not dicom")
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> Path:
+    root = tmp_path / "in"
+    make_inputs(root)
+    return root
+
+
+def test_every_input_reaches_one_end(inputs: Path, tmp_path: Path):
+    corrupt = inputs / "DOE_JOHN1_MRN445561" / "IM0002.dcm"
+    corrupt.write_bytes(corrupt.read_bytes()[:600])  # cut inside the header
+    summary = run(RunConfig("basic", (), KEY), inputs, tmp_path / "out", jobs=1)
+    assert summary.counts == {"written": 11, "quarantined": 1, "skipped": 1}
+    assert summary.exit_code == 1
+    rows = list(csv.DictReader((tmp_path / "out.audit" / "quarantine.csv").open()))
+    assert [r["input"] for r in rows] == ["DOE_JOHN1_MRN445561/IM0002.dcm"]
+    assert rows[0]["reason"]
+    outputs = [p for p in (tmp_path / "out").rglob("*.dcm")]
+    assert len(outputs) == 11
+    for path in outputs:
+        relative = path.relative_to(tmp_path / "out").as_posix()
+        assert not any(v.lower() in relative.lower() for v in PHI)
+        data = path.read_bytes()
+        assert data[:128] == b"\x00" * 128
+        assert not any(v.encode() in data for v in PHI), relative
+    manifest = (tmp_path / "out" / "manifest.csv").read_text()
+    assert len(manifest.splitlines()) == 12
+    assert not any(v in manifest for v in PHI)
+
+
+def test_same_result_across_runs_and_worker_counts(inputs: Path, tmp_path: Path):
+    run(RunConfig("research", (), KEY), inputs, tmp_path / "a", jobs=1)
+    run(RunConfig("research", (), KEY), inputs, tmp_path / "b", jobs=2)
+    assert tree_digest(tmp_path / "a") == tree_digest(tmp_path / "b")
+    crosswalk_a = (tmp_path / "a.audit" / "crosswalk_uids.csv").read_text()
+    assert crosswalk_a == (tmp_path / "b.audit" / "crosswalk_uids.csv").read_text()
+    patients = list(csv.DictReader((tmp_path / "a.audit" / "crosswalk_patient_ids.csv").open()))
+    assert sorted(r["id_old"] for r in patients) == ["MRN445560", "MRN445561", "MRN445562"]
+
+
+def test_study_stays_one_study(inputs: Path, tmp_path: Path):
+    run(RunConfig("basic", (), KEY), inputs, tmp_path / "out", jobs=1)
+    studies = {}
+    for path in (tmp_path / "out").rglob("*.dcm"):
+        ds = dcmread(path)
+        studies.setdefault(str(ds.PatientID), set()).add(str(ds.StudyInstanceUID))
+    assert len(studies) == 3 and all(len(s) == 1 for s in studies.values())
+
+
+def test_rerun_processes_nothing_and_changes_nothing(inputs: Path, tmp_path: Path):
+    run(RunConfig("basic", (), KEY), inputs, tmp_path / "out", jobs=1)
+    before = tree_digest(tmp_path / "out")
+    summary = run(RunConfig("basic", (), KEY), inputs, tmp_path / "out", jobs=1)
+    assert summary.processed == 0 and summary.resumed == 13
+    assert tree_digest(tmp_path / "out") == before
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path: Path, key_file: Path):
+    inputs = tmp_path / "in"
+    make_inputs(inputs, patients=6, slices=25)
+    env = {**os.environ, "DEID_KEY_FILE": str(key_file)}
+    command = [sys.executable, "-m", "deid.cli", "run", str(inputs)]
+    subprocess.run([*command, str(tmp_path / "ref"), "-j", "1"], env=env, check=False)
+    victim = subprocess.Popen([*command, str(tmp_path / "out"), "-j", "1"], env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(list((tmp_path / "out").rglob("*.dcm"))) < 20:
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    written = len(list((tmp_path / "out").rglob("*.dcm")))
+    assert 0 < written < 150, "the run must be killed in the middle"
+    finished = subprocess.run([*command, str(tmp_path / "out"), "-j", "1"], env=env, check=False)
+    assert finished.returncode == 0
+    assert tree_digest(tmp_path / "out") == tree_digest(tmp_path / "ref")
+
+
+def test_a_second_run_on_a_locked_output_exits_75(inputs: Path, tmp_path: Path, key_file: Path):
+    with OutputLock(tmp_path / "out"):
+        result = CliRunner().invoke(
+            main, ["run", str(inputs), str(tmp_path / "out"), "--key-file", str(key_file)]
+        )
+    assert result.exit_code == EXIT_LOCKED
+    assert not (tmp_path / "out" / LOCK_NAME).exists()
+
+
+def test_cli_reports_bad_profile_as_configuration_error(inputs: Path, tmp_path: Path, key_file: Path):
+    result = CliRunner().invoke(
+        main,
+        ["run", str(inputs), str(tmp_path / "out"), "--key-file", str(key_file), "-p", "nope"],
+    )
+    assert result.exit_code == 3
+
+
+def test_audit_folder_inside_output_is_refused(inputs: Path, tmp_path: Path):
+    with pytest.raises(ValueError, match="outside"):
+        run(RunConfig("basic", (), KEY), inputs, tmp_path / "out", tmp_path / "out" / "audit")
