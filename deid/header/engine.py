@@ -16,7 +16,16 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
 from deid import __version__
-from deid.header.actions import BY_CODE, CLEAN, KEEP, REMOVE, REPLACE_UID, SHIFT_DATE, TEXT_VRS
+from deid.header.actions import (
+    BY_CODE,
+    CLEAN,
+    EMPTY,
+    KEEP,
+    REMOVE,
+    REPLACE_UID,
+    SHIFT_DATE,
+    TEXT_VRS,
+)
 from deid.header.iod import attribute_types, resolve_compound
 from deid.header.profiles import Profile
 from deid.header.pseudonyms import Pseudonymizer
@@ -67,13 +76,15 @@ _CLASS_UID_SUFFIX = "ClassUID"
 
 
 def _vr_of(element: object, tag: int) -> str:
+    """The element's VR; for UN or implicit VR, the dictionary's VR of a public tag."""
     vr = getattr(element, "VR", None)
-    if vr:
+    if vr and vr != "UN":
         return str(vr)
     try:
-        return dictionary_VR(tag)
+        vr = dictionary_VR(tag)
     except KeyError:
         return "UN"
+    return "UN" if " or " in vr else vr
 
 
 def _is_overlay_or_curve(group: int) -> bool:
@@ -268,9 +279,9 @@ class FileContext:
             return KEEP if _is_registry_uid(tag) else REPLACE_UID
         if vr in ("DA", "DT"):
             option = self.profile.date_option
-            return KEEP if option == "full" else SHIFT_DATE if option == "modified" else REMOVE
+            return KEEP if option == "full" else SHIFT_DATE if option == "modified" else EMPTY
         if vr == "TM":
-            return KEEP if self.profile.date_option else REMOVE
+            return KEEP if self.profile.date_option else EMPTY
         if vr == "PN":
             return BY_CODE["Z"]
         if vr in TEXT_VRS:

@@ -49,10 +49,12 @@ def resolve_compound(code: str, attribute_type: str | None) -> str:
     """Resolve a compound action code to a single one.
 
     With the Type known: Z/D gives D for Type 1, else Z; X/Z gives Z for Type 2, else X;
-    X/D gives D for Type 1, else X; X/Z/D gives D, Z or X for Type 1, 2 or 3; X/Z/U* keeps
-    a Type 1 or 2 sequence with its UIDs replaced (U), else X. With the Type unknown the
-    result must be safe and conformant whatever the Type: D for Z/D, X/D and X/Z/D (a dummy
-    value leaks nothing and satisfies Type 1), Z for X/Z, and U for X/Z/U*.
+    X/D gives X for Type 3, else D (a Type 2 attribute may not go missing); X/Z/D gives D,
+    Z or X for Type 1, 2 or 3. X/Z/U* always keeps the reference sequence with every
+    contained UID replaced (U): the references stay resolvable inside the release, which
+    validators check, and no original UID survives. With the Type unknown the result must
+    be safe and conformant whatever the Type: D for Z/D, X/D and X/Z/D (a dummy value leaks
+    nothing and satisfies Type 1) and Z for X/Z.
     """
     base = attribute_type.rstrip("C") if attribute_type else None
     if code == "Z/D":
@@ -60,9 +62,9 @@ def resolve_compound(code: str, attribute_type: str | None) -> str:
     if code == "X/Z":
         return "X" if base == "3" else "Z"
     if code == "X/D":
-        return "X" if base in ("2", "3") else "D"
+        return "X" if base == "3" else "D"
     if code == "X/Z/D":
         return {"1": "D", "2": "Z", "3": "X"}.get(base or "", "D")
     if code == "X/Z/U*":
-        return "X" if base == "3" else "U"
+        return "U"
     return code
