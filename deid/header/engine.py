@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, field
 
 from pydicom._uid_dict import UID_dictionary
+from pydicom.dataelem import RawDataElement
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -190,6 +191,10 @@ class FileContext:
         """Remove the object's identifying values from the text at ``tag``."""
         if self.identifying is None:
             return False
+        raw = ds.get_item(tag)
+        if isinstance(raw, RawDataElement) and raw.value is not None and raw.value.isascii():
+            if not self.identifying.search(raw.value.decode("ascii")):
+                return False  # nothing to strip: leave the element raw, as read
         element = ds[tag]
         if element.VM == 0:
             return False
