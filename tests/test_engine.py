@@ -180,3 +180,71 @@ def test_shift_partial_and_invalid_dates():
     assert shift_da("20240301", 1) == "20240229"
     assert shift_da("garbage!", 1) == ""
     assert shift_dt("20240301000000+0100", 1) == "20240229000000+0100"
+
+
+def test_retain_institution_identity():
+    ds = make_ct()
+    deidentify(ds, "basic", ("retain_institution_identity",))
+    assert ds.InstitutionName == "Springfield General"
+    plain = make_ct()
+    deidentify(plain)
+    assert "Springfield" not in str(plain.get("InstitutionName", ""))
+
+
+def sr_item(value_type: str, scheme: str, code: str, meaning: str, **values) -> Dataset:
+    item = Dataset()
+    item.RelationshipType = "CONTAINS"
+    item.ValueType = value_type
+    concept = Dataset()
+    concept.CodeValue, concept.CodingSchemeDesignator, concept.CodeMeaning = code, scheme, meaning
+    item.ConceptNameCodeSequence = Sequence([concept])
+    for keyword, value in values.items():
+        setattr(item, keyword, value)
+    return item
+
+
+def test_clean_structured_content_acts_by_concept():
+    ds = make_ct()
+    ds.ContentSequence = Sequence(
+        [
+            sr_item("TEXT", "DCM", "121022", "Accession Number", TextValue="ACC99887"),
+            sr_item("TEXT", "DCM", "121071", "Finding", TextValue="nodule seen on DOE"),
+            sr_item("PNAME", "DCM", "121008", "Person Observer Name", PersonName="HOUSE^GREGORY"),
+        ]
+    )
+    deidentify(ds, "research", ("clean_structured_content",))
+    meanings = [i.ConceptNameCodeSequence[0].CodeMeaning for i in ds.ContentSequence]
+    assert "Accession Number" not in meanings  # Table E.3.4-1: X
+    finding = ds.ContentSequence[meanings.index("Finding")]
+    assert finding.TextValue == "nodule seen on"
+    observer = ds.ContentSequence[meanings.index("Person Observer Name")]
+    assert "HOUSE" not in str(observer.PersonName)
+    assert "113104" in [c.CodeValue for c in ds.DeidentificationMethodCodeSequence]
+
+
+def test_overlays_and_curves_are_removed_whole():
+    ds = make_ct()
+    ds.add_new(0x60000010, "US", 8)
+    ds.add_new(0x60000011, "US", 8)
+    ds.add_new(0x60003000, "OW", b"\xff" * 8)
+    ds.add_new(0x50000005, "US", 1)
+    deidentify(ds, "basic", ("clean_graphics",))
+    assert not [t for t in ds.keys() if t.group in (0x6000, 0x5000)]
+
+
+def test_site_profile_rules_by_keyword_vr_and_private_creator(tmp_path):
+    site = tmp_path / "site.toml"
+    site.write_text(
+        '[profile]\nname = "site"\nextends = "research"\n\n'
+        '[[rule]]\nkeyword = "StudyDescription"\naction = "K"\n\n'
+        '[[rule]]\nvr = "AE"\naction = "K"\n\n'
+        '[[rule]]\nprivate_creator = "ACME HOSPITAL PRIVATE"\nelement = "xx02"\naction = "K"\n'
+    )
+    ds = make_ct()
+    block = ds.private_block(0x0029, "ACME HOSPITAL PRIVATE")
+    block.add_new(0x02, "IS", "7")
+    ds.PerformedStationAETitle = "CTAE1"  # Table E.1-1: X; the site keeps AE titles
+    deidentify(ds, str(site))
+    assert ds.StudyDescription == "CT CHEST for DOE"  # kept as the site asked
+    assert (0x0029, 0x1002) in ds and (0x0029, 0x1001) not in ds
+    assert ds.PerformedStationAETitle == "CTAE1"

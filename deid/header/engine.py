@@ -264,6 +264,8 @@ class FileContext:
 
     def _action(self, tag: BaseTag, vr: str):
         rule = self.profile.rule_for_tag(tag)
+        if rule is None or not rule.site:
+            rule = self.profile.by_vr.get(vr, rule)
         if rule is not None:
             code = rule.action
             if "/" in code:
@@ -271,9 +273,6 @@ class FileContext:
             if vr in ("DA", "DT") and code == "C":
                 return SHIFT_DATE
             return BY_CODE[code]
-        site = self.profile.by_vr.get(vr)
-        if site is not None:
-            return BY_CODE[resolve_compound(site.action, None)]
         return self._by_vr(tag, vr)
 
     def _by_vr(self, tag: BaseTag, vr: str):

@@ -76,6 +76,7 @@ class Rule:
     vr: str | None = None
     private_creator: str | None = None
     element: int | None = None
+    site: bool = False  # a site profile's own rule, not a row of the standard
 
 
 @dataclass
@@ -95,7 +96,7 @@ class Profile:
     masks
         ``(mask, value, rule)`` triples for repeating groups.
     by_vr
-        Site rules by VR, for attributes no tag rule names.
+        Site rules by VR; they override the tables, and a site rule by tag overrides them.
     private
         Site rules by ``(creator, element offset or None)``.
     safe_private
@@ -181,7 +182,7 @@ def _resolve_path(name_or_path: str, base: Path | None = None) -> Path:
     return rules_dir() / f"{name_or_path}.toml"
 
 
-def _rule(entry: dict, source: str) -> Rule:
+def _rule(entry: dict, source: str, site: bool = False) -> Rule:
     action = entry.get("action")
     if action not in ACTION_CODES:
         raise ProfileError(f"{source}: unknown action {action!r} (use one of {sorted(ACTION_CODES)})")
@@ -195,6 +196,7 @@ def _rule(entry: dict, source: str) -> Rule:
         vr=entry.get("vr"),
         private_creator=entry.get("private_creator"),
         element=int(element[-2:], 16) if element else None,
+        site=site,
     )
 
 
@@ -304,7 +306,7 @@ def load_profile(name_or_path: str, extra_options: tuple[str, ...] = ()) -> Prof
             _add(profile, _rule(entry, option))
     for path, data in chain[1:]:
         for entry in data.get("rule", []):
-            _add(profile, _rule(entry, path.stem))
+            _add(profile, _rule(entry, path.stem, site=True))
     profile.codes = tuple(codes)
     if profile.has("retain_safe_private"):
         profile.safe_private = _safe_private()
