@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import sqlite3
@@ -142,17 +143,19 @@ class Ledger:
         self.commit()
         self.db.close()
 
-    def write_reports(self, output_root: Path, sources: set[str], profile: str, options: str) -> None:
-        """Write the release manifest into ``output_root`` and the private reports beside the ledger."""
+    def write_reports(self, output_root: Path, profile: str, options: str) -> None:
+        """Write the release manifest into ``output_root`` and the private reports beside the ledger.
+
+        Every output the ledger knows stays listed, also when its input has since gone: the
+        manifest describes what OUT holds. A report whose content is unchanged is not rewritten.
+        """
         self.commit()
-        rows = [
-            r
-            for r in self.db.execute(
+        rows = list(
+            self.db.execute(
                 "SELECT src, status, dst, sha256, sop_class, stages, reason, token FROM files "
                 "ORDER BY src"
             )
-            if r[0] in sources
-        ]
+        )
         _write_csv(
             output_root / MANIFEST_NAME,
             ("path", "sop_class_uid", "profile", "options", "stages", "sha256"),
@@ -180,9 +183,13 @@ class Ledger:
 
 
 def _write_csv(path: Path, header: tuple[str, ...], rows: Iterable[tuple]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    data = buffer.getvalue().encode("utf-8")
+    if path.is_file() and path.read_bytes() == data:
+        return
     tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(rows)
+    tmp.write_bytes(data)
     os.replace(tmp, path)

@@ -36,6 +36,8 @@ def main() -> None:
 @click.option("--key-file", type=click.Path(dir_okay=False, path_type=Path), envvar="DEID_KEY_FILE",
               help="Secret key for pseudonyms [env DEID_KEY_FILE]; default: a per-user key.")
 @click.option("--jobs", "-j", default=-1, show_default=True, help="Worker processes (-1: all cores).")
+@click.option("--scheduler", metavar="ADDRESS",
+              help="Run on Dask: a scheduler address (tcp://host:8786) or local:N for N local workers.")
 @click.option("--header-only", is_flag=True,
               help="Skip every pixel stage; objects that need pixel cleaning are quarantined.")
 @click.option("--audit-dir", type=click.Path(file_okay=False, path_type=Path),
@@ -50,6 +52,7 @@ def run(
     options: tuple[str, ...],
     key_file: Path | None,
     jobs: int,
+    scheduler: str | None,
     header_only: bool,
     audit_dir: Path | None,
     json_logs: bool | None,
@@ -65,7 +68,7 @@ def run(
     log = structlog.get_logger()
     try:
         config = RunConfig(profile, options, load_key(key_file), header_only=header_only)
-        summary = run_pipeline(config, input_dir, output_dir, audit_dir, jobs)
+        summary = run_pipeline(config, input_dir, output_dir, audit_dir, jobs, scheduler)
     except (ProfileError, KeyFileError, ValueError) as exc:
         log.error("configuration error", reason=str(exc))
         sys.exit(EXIT_CONFIG)

@@ -14,11 +14,10 @@ import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import structlog
-from joblib import Parallel, delayed
 from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
@@ -27,6 +26,7 @@ from tqdm import tqdm
 
 from deid import __version__
 from deid.audit import STATUSES, FileResult, Ledger
+from deid.executors import run_dask, run_local
 from deid.gate import Gate
 from deid.header.engine import HeaderEngine
 from deid.header.profiles import Profile, load_profile, rules_dir
@@ -228,13 +228,17 @@ class RunSummary:
         return 1 if self.counts["quarantined"] else 0
 
 
-class OutputLock:
-    """An exclusive ``flock`` on ``OUT/.deid.lock`` for the duration of a run."""
+class AuditLock:
+    """An exclusive ``flock`` on ``AUDIT/.deid.lock`` for the duration of a run.
 
-    def __init__(self, output_root: Path) -> None:
-        self.path = output_root / LOCK_NAME
+    The audit folder belongs to one output folder (``OUT.audit`` by default), so the lock keeps
+    two runs off one output without writing anything into the release.
+    """
 
-    def __enter__(self) -> OutputLock:
+    def __init__(self, audit_dir: Path) -> None:
+        self.path = audit_dir / LOCK_NAME
+
+    def __enter__(self) -> AuditLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.handle = self.path.open("w")
         try:
@@ -245,7 +249,6 @@ class OutputLock:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.path.unlink(missing_ok=True)
         fcntl.flock(self.handle, fcntl.LOCK_UN)
         self.handle.close()
 
@@ -255,22 +258,13 @@ def default_audit_dir(output_root: Path) -> Path:
     return output_root.with_name(output_root.name + ".audit")
 
 
-def _results(
-    config: RunConfig, input_root: Path, output_root: Path, todo: list[str], jobs: int
-) -> Iterator[FileResult]:
-    if jobs == 1:
-        return (process_file(config, input_root, output_root, src) for src in todo)
-    return Parallel(n_jobs=jobs, return_as="generator_unordered", batch_size="auto")(
-        delayed(process_file)(config, input_root, output_root, src) for src in todo
-    )
-
-
 def run(
     config: RunConfig,
     input_root: Path,
     output_root: Path,
     audit_dir: Path | None = None,
     jobs: int = -1,
+    scheduler: str | None = None,
 ) -> RunSummary:
     """De-identify every file under ``input_root`` into ``output_root``.
 
@@ -283,7 +277,9 @@ def run(
     audit_dir
         Private audit folder; default :func:`default_audit_dir`. Must lie outside ``output_root``.
     jobs
-        Worker processes (``-1``: all cores).
+        Local worker processes (``-1``: all cores).
+    scheduler
+        A Dask scheduler address (``tcp://host:8786``) or ``local:N``; replaces ``jobs``.
 
     Returns
     -------
@@ -305,7 +301,8 @@ def run(
     if input_root.is_relative_to(output_root) or output_root.is_relative_to(input_root):
         raise ValueError("input and output folders must not contain each other")
     worker = worker_for(config)  # fail early on a bad profile
-    with OutputLock(output_root):
+    with AuditLock(audit_dir):
+        output_root.mkdir(parents=True, exist_ok=True)
         ledger = Ledger(audit_dir, config.fingerprint())
         try:
             sources = discover(input_root)
@@ -315,14 +312,18 @@ def run(
                 if not ledger.done(src, stat.st_size, stat.st_mtime_ns, output_root):
                     todo.append(src)
             by_dst: dict[str, FileResult] = {}
-            results = _results(config, input_root, output_root, todo, jobs)
+            process = partial(process_file, config, input_root, output_root)
+            if scheduler:
+                results = run_dask(process, todo, scheduler)
+            else:
+                results = run_local(process, todo, jobs)
             for result in tqdm(results, total=len(todo), disable=None, unit="file"):
                 for settled in _settle_duplicates(by_dst, result, config, input_root, output_root):
                     token = worker.pseudo.token(f"src:{settled.src}")[:10]
                     ledger.record(settled, token)
                     _log_result(token, settled)
             options = "+".join(worker.profile.options)
-            ledger.write_reports(output_root, set(sources), worker.profile.name, options)
+            ledger.write_reports(output_root, worker.profile.name, options)
             counts = ledger.status_counts(sources)
             summary = RunSummary(counts, len(todo), len(sources) - len(todo), time.monotonic() - started)
             ledger.write_summary(

@@ -17,7 +17,7 @@ from pydicom import dcmread
 
 from conftest import KEY, make_ct, write
 from deid.cli import EXIT_LOCKED, main
-from deid.pipeline import LOCK_NAME, OutputLock, RunConfig, run
+from deid.pipeline import AuditLock, RunConfig, run
 
 PHI = ("DOE", "JOHN", "MRN445566", "19610412", "ACC99887", "Springfield", "SN-778899")
 
@@ -95,9 +95,11 @@ def test_study_stays_one_study(inputs: Path, tmp_path: Path):
 def test_rerun_processes_nothing_and_changes_nothing(inputs: Path, tmp_path: Path):
     run(RunConfig("basic", (), KEY), inputs, tmp_path / "out", jobs=1)
     before = tree_digest(tmp_path / "out")
+    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*")}
     summary = run(RunConfig("basic", (), KEY), inputs, tmp_path / "out", jobs=1)
     assert summary.processed == 0 and summary.resumed == 13
     assert tree_digest(tmp_path / "out") == before
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*")} == mtimes  # nothing written
 
 
 def test_killed_run_resumes_to_the_same_result(tmp_path: Path, key_file: Path):
@@ -120,12 +122,12 @@ def test_killed_run_resumes_to_the_same_result(tmp_path: Path, key_file: Path):
 
 
 def test_a_second_run_on_a_locked_output_exits_75(inputs: Path, tmp_path: Path, key_file: Path):
-    with OutputLock(tmp_path / "out"):
+    with AuditLock(tmp_path / "out.audit"):
         result = CliRunner().invoke(
             main, ["run", str(inputs), str(tmp_path / "out"), "--key-file", str(key_file)]
         )
     assert result.exit_code == EXIT_LOCKED
-    assert not (tmp_path / "out" / LOCK_NAME).exists()
+    assert not (tmp_path / "out").exists()
 
 
 def test_cli_reports_bad_profile_as_configuration_error(inputs: Path, tmp_path: Path, key_file: Path):
