@@ -248,3 +248,26 @@ def test_site_profile_rules_by_keyword_vr_and_private_creator(tmp_path):
     assert ds.StudyDescription == "CT CHEST for DOE"  # kept as the site asked
     assert (0x0029, 0x1002) in ds and (0x0029, 0x1001) not in ds
     assert ds.PerformedStationAETitle == "CTAE1"
+
+
+def test_safe_private_declared_by_the_object():
+    ds = make_ct()
+    block = ds.private_block(0x0031, "VENDOR X", create=True)
+    block.add_new(0x01, "DS", "2.5")  # declared non-identifying
+    block.add_new(0x02, "LO", "DOE JOHN")  # declared: remove
+    block.add_new(0x03, "LO", "MRN445566")  # declared: replace with a dummy
+    block.add_new(0x04, "LO", "unknown")  # not declared: removed
+    characteristics = Dataset()
+    characteristics.PrivateGroupReference = 0x0031
+    characteristics.PrivateCreatorReference = "VENDOR X"
+    characteristics.BlockIdentifyingInformationStatus = "MIXED"
+    characteristics.NonidentifyingPrivateElements = [0x01]
+    remove, dummy = Dataset(), Dataset()
+    remove.IdentifyingPrivateElements, remove.DeidentificationAction = [0x02], "X"
+    dummy.IdentifyingPrivateElements, dummy.DeidentificationAction = [0x03], "D"
+    characteristics.DeidentificationActionSequence = Sequence([remove, dummy])
+    ds.PrivateDataElementCharacteristicsSequence = Sequence([characteristics])
+    deidentify(ds, "research")
+    assert ds[0x0031, 0x1001].value == "2.5"
+    assert (0x0031, 0x1002) not in ds and (0x0031, 0x1004) not in ds
+    assert ds[0x0031, 0x1003].value not in ("", "MRN445566")

@@ -148,6 +148,46 @@ def _identifying_pattern(ds: Dataset) -> re.Pattern[str] | None:
     return re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)
 
 
+@dataclass(frozen=True)
+class DeclaredPrivateBlock:
+    """What an object says of one private block in (0008,0300) (PS3.3 C.12.1.1.7)."""
+
+    safe_block: bool
+    safe_offsets: frozenset[int]
+    actions: dict[int, str]
+
+
+def declared_private_blocks(ds: Dataset) -> dict[tuple[int, str], DeclaredPrivateBlock]:
+    """Parse the Private Data Element Characteristics Sequence of ``ds``.
+
+    Returns
+    -------
+    dict
+        ``(group, creator)`` to the block's declared safety and de-identification actions.
+    """
+    blocks = {}
+    for item in ds.get("PrivateDataElementCharacteristicsSequence", []):
+        try:
+            group = int(item.PrivateGroupReference)
+            creator = str(item.PrivateCreatorReference).strip().upper()
+        except (AttributeError, TypeError, ValueError):
+            continue
+        status = str(item.get("BlockIdentifyingInformationStatus", "")).upper()
+        safe = item.get("NonidentifyingPrivateElements") or []
+        safe = [safe] if isinstance(safe, int) else safe
+        actions = {}
+        for action in item.get("DeidentificationActionSequence", []):
+            code = str(action.get("DeidentificationAction", "")).upper()
+            elements = action.get("IdentifyingPrivateElements") or []
+            elements = [elements] if isinstance(elements, int) else elements
+            if code in BY_CODE:
+                actions.update({int(e) & 0xFF: code for e in elements})
+        blocks[(group, creator)] = DeclaredPrivateBlock(
+            status == "SAFE", frozenset(int(e) & 0xFF for e in safe), actions
+        )
+    return blocks
+
+
 @dataclass
 class FileContext:
     """The state of one file's de-identification.
@@ -175,6 +215,7 @@ class FileContext:
     path: list[str] = field(default_factory=list)
     uid_pairs: dict[str, str] = field(default_factory=dict)
     original_patient_id: str = ""
+    declared_private: dict[tuple[int, str], DeclaredPrivateBlock] = field(default_factory=dict)
     dates_shifted: bool = False
     text_redacted: int = 0
 
@@ -304,14 +345,25 @@ class FileContext:
         rule = profile.private.get((creator, offset)) or profile.private.get((creator, None))
         if rule is not None:
             code = resolve_compound(rule.action, None)
-        elif profile.has("retain_safe_private") and (creator, tag >> 16, offset) in profile.safe_private:
-            code = "C"
+        elif profile.has("retain_safe_private"):
+            code = self._safe_private_code(creator, tag >> 16, offset)
         else:
             return False
-        if code == "X":
+        if code is None or code == "X":
             return False
         BY_CODE[code](self, ds, tag, vr)
         return tag in ds
+
+    def _safe_private_code(self, creator: str, group: int, offset: int) -> str | None:
+        """The Retain Safe Private action (E.3.10): what the object declares in its Private Data
+        Element Characteristics Sequence, else Table E.3.10-1; ``None`` when not known safe."""
+        declared = self.declared_private.get((group, creator))
+        if declared is not None:
+            if offset in declared.actions:
+                return declared.actions[offset]
+            if declared.safe_block or offset in declared.safe_offsets:
+                return "C"
+        return "C" if (creator, group, offset) in self.profile.safe_private else None
 
     def _content_item_kept(self, item: Dataset) -> bool:
         """Clean Structured Content: drop items whose concept Table E.3.4-1 says to remove."""
@@ -349,6 +401,9 @@ class HeaderEngine:
             shift_days=self.pseudo.date_shift_days(key),
             identifying=_identifying_pattern(ds),
             original_patient_id=str(ds.get("PatientID", "") or "").strip(),
+            declared_private=(
+                declared_private_blocks(ds) if self.profile.has("retain_safe_private") else {}
+            ),
         )
 
     def apply(self, ds: Dataset) -> FileContext:
