@@ -100,13 +100,15 @@ def run(
 @click.option("--against", "input_dir", required=True,
               type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="The input tree whose identifying values must not appear in OUTPUT_DIR.")
+@click.option("--audit-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The run's audit folder, to pair outputs with inputs; default OUTPUT_DIR.audit.")
 @click.option("--reveal", is_flag=True, help="Print the leaked values (PHI!) too.")
-def verify(output_dir: Path, input_dir: Path, reveal: bool) -> None:
+def verify(output_dir: Path, input_dir: Path, audit_dir: Path | None, reveal: bool) -> None:
     """Report identifying values of INPUT that survive anywhere in OUTPUT_DIR (exit 1 on a leak)."""
     from deid.verify import format_leak
     from deid.verify import verify as find
 
-    leaks = find(output_dir, input_dir)
+    leaks = find(output_dir, input_dir, audit_dir)
     for leak in leaks:
         click.echo(format_leak(leak, reveal=reveal))
     click.echo(f"{len(leaks)} leak(s) found", err=True)
