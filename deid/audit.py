@@ -43,6 +43,8 @@ class FileResult:
         Checksum, SOP Class UID and applied stages of the output.
     reason
         Why the input was quarantined or skipped (no PHI).
+    notes
+        What the pixel stages did (regions masked by layer, encoding), for the manifest.
     uid_pairs, patient_pair
         Crosswalk entries.
     """
@@ -56,6 +58,7 @@ class FileResult:
     sop_class: str = ""
     stages: tuple[str, ...] = ()
     reason: str = ""
+    notes: str = ""
     uid_pairs: dict[str, str] = field(default_factory=dict)
     patient_pair: tuple[str, str] = ("", "")
 
@@ -64,7 +67,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files(
     src TEXT PRIMARY KEY, token TEXT, size INTEGER, mtime_ns INTEGER, config TEXT,
     status TEXT CHECK(status IN ('written', 'quarantined', 'skipped')),
-    dst TEXT, sha256 TEXT, sop_class TEXT, stages TEXT, reason TEXT);
+    dst TEXT, sha256 TEXT, sop_class TEXT, stages TEXT, reason TEXT, notes TEXT);
 CREATE TABLE IF NOT EXISTS patients(id_old TEXT PRIMARY KEY, id_new TEXT);
 CREATE TABLE IF NOT EXISTS uids(id_old TEXT PRIMARY KEY, id_new TEXT);
 """
@@ -113,7 +116,7 @@ class Ledger:
     def record(self, result: FileResult, token: str) -> None:
         """Store ``result`` with the log ``token`` of its input; commits every 64 records."""
         self.db.execute(
-            "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 result.src,
                 token,
@@ -126,6 +129,7 @@ class Ledger:
                 result.sop_class,
                 "+".join(result.stages),
                 result.reason,
+                result.notes,
             ),
         )
         if result.patient_pair[0]:
@@ -152,14 +156,14 @@ class Ledger:
         self.commit()
         rows = list(
             self.db.execute(
-                "SELECT src, status, dst, sha256, sop_class, stages, reason, token FROM files "
+                "SELECT src, status, dst, sha256, sop_class, stages, reason, token, notes FROM files "
                 "ORDER BY src"
             )
         )
         _write_csv(
             output_root / MANIFEST_NAME,
-            ("path", "sop_class_uid", "profile", "options", "stages", "sha256"),
-            sorted((r[2], r[4], profile, options, r[5], r[3]) for r in rows if r[1] == "written"),
+            ("path", "sop_class_uid", "profile", "options", "stages", "pixel_notes", "sha256"),
+            sorted((r[2], r[4], profile, options, r[5], r[8], r[3]) for r in rows if r[1] == "written"),
         )
         _write_csv(
             self.audit_dir / "files.csv",

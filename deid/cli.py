@@ -40,6 +40,9 @@ def main() -> None:
               help="Run on Dask: a scheduler address (tcp://host:8786) or local:N for N local workers.")
 @click.option("--header-only", is_flag=True,
               help="Skip every pixel stage; objects that need pixel cleaning are quarantined.")
+@click.option("--text-mode", type=click.Choice(["all", "sensitive"]),
+              help="Burned-in text: blank all of it, or keep safe text (markers, units); "
+                   "default: sensitive for radiographs and CT/MR, all otherwise.")
 @click.option("--audit-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Private audit folder (ledger, crosswalks); default OUTPUT_DIR.audit.")
 @click.option("--json-logs/--console-logs", default=None,
@@ -54,6 +57,7 @@ def run(
     jobs: int,
     scheduler: str | None,
     header_only: bool,
+    text_mode: str | None,
     audit_dir: Path | None,
     json_logs: bool | None,
     verbose: bool,
@@ -67,7 +71,7 @@ def run(
     logs.configure(json_logs, verbose)
     log = structlog.get_logger()
     try:
-        config = RunConfig(profile, options, load_key(key_file), header_only=header_only)
+        config = RunConfig(profile, options, load_key(key_file), header_only, text_mode)
         summary = run_pipeline(config, input_dir, output_dir, audit_dir, jobs, scheduler)
     except (ProfileError, KeyFileError, ValueError) as exc:
         log.error("configuration error", reason=str(exc))

@@ -18,8 +18,11 @@ ENCAPSULATED_DOCUMENTS = frozenset(
         "1.2.840.10008.5.1.4.1.1.104.5",
     }
 )
-#: Modalities whose images usually carry burned-in text when the header does not say otherwise.
-TEXT_PRONE_MODALITIES = frozenset({"US", "OT", "SC", "XC", "ES", "GM", "SM", "DOC", "IVUS"})
+#: Modalities whose images often carry burned-in text when the header does not say otherwise:
+#: ultrasound and screen captures, and radiographs (names and dates printed by the modality).
+TEXT_PRONE_MODALITIES = frozenset(
+    {"US", "IVUS", "OT", "SC", "XC", "ES", "GM", "SM", "DOC", "CR", "DX", "MG", "XA", "RF", "PX", "IO"}
+)
 #: Secondary Capture SOP classes: screenshots, always suspected of text.
 SECONDARY_CAPTURE = frozenset(
     {
@@ -30,6 +33,23 @@ SECONDARY_CAPTURE = frozenset(
         "1.2.840.10008.5.1.4.1.1.7.4",
     }
 )
+
+
+def may_carry_text(ds) -> bool:
+    """Whether an image must be cleaned of burned-in text before it can leave.
+
+    Burned In Annotation YES; any Secondary Capture; and, unless Burned In Annotation says NO,
+    text-prone modalities and CT/MR localizers (scouts print the patient's name).
+    """
+    if "PixelData" not in ds:
+        return False
+    burned_in = str(ds.get("BurnedInAnnotation", "") or "").upper()
+    if burned_in == "YES" or str(ds.get("SOPClassUID", "")) in SECONDARY_CAPTURE:
+        return True
+    if burned_in == "NO":
+        return False
+    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
+    return str(ds.get("Modality", "")).upper() in TEXT_PRONE_MODALITIES or "LOCALIZER" in image_type
 
 
 class Gate:
@@ -69,15 +89,5 @@ class Gate:
             raise Quarantined("unknown or private SOP class")
         if "ContentSequence" in ds and not self.profile.has("clean_structured_content"):
             raise Quarantined("structured content needs the clean_structured_content option")
-        if "PixelData" in ds and not self.pixel_cleaning:
-            burned_in = str(ds.get("BurnedInAnnotation", "") or "").upper()
-            if burned_in == "YES":
-                raise Quarantined("burned-in annotation and no pixel cleaning enabled")
-            modality = str(ds.get("Modality", "") or "").upper()
-            text_prone = modality in TEXT_PRONE_MODALITIES or sop_class in SECONDARY_CAPTURE
-            if burned_in != "NO" and text_prone:
-                raise Quarantined(
-                    f"{modality if modality in TEXT_PRONE_MODALITIES else 'secondary capture'} "
-                    "image may carry burned-in text "
-                    "and no pixel cleaning enabled"
-                )
+        if not self.pixel_cleaning and may_carry_text(ds):
+            raise Quarantined("image may carry burned-in text and pixel cleaning is off")

@@ -32,6 +32,7 @@ from deid.header.engine import HeaderEngine
 from deid.header.profiles import Profile, load_profile, rules_dir
 from deid.header.pseudonyms import Pseudonymizer
 from deid.header.stage import HeaderStage
+from deid.pixels.text import TextStage
 from deid.stage import Item, Quarantined, Stage
 from deid.writer import output_relpath, replace_file_meta, write_atomic
 
@@ -57,17 +58,21 @@ class RunConfig:
         The secret key.
     header_only
         Skip every pixel stage (objects that need pixel cleaning are then quarantined).
+    text_mode
+        Burned-in text mode, ``all`` or ``sensitive``; ``None``: the per-modality default.
     """
 
     profile: str
     options: tuple[str, ...]
     key: bytes
-    header_only: bool = True
+    header_only: bool = False
+    text_mode: str | None = None
 
     def fingerprint(self) -> str:
         """Hash of what decides the output: version, rules, options, key (not revealed)."""
         digest = hashlib.sha256()
-        digest.update(f"{__version__}|{self.profile}|{','.join(self.options)}|{self.header_only}".encode())
+        switches = f"{__version__}|{self.profile}|{','.join(self.options)}|{self.header_only}|{self.text_mode}"
+        digest.update(switches.encode())
         for path in sorted(rules_dir().rglob("*.toml")):
             digest.update(path.read_bytes())
         profile_path = Path(self.profile)
@@ -91,11 +96,13 @@ def worker_for(config: RunConfig) -> Worker:
     """Build (once per process) the stages for ``config``."""
     profile = load_profile(config.profile, config.options)
     pseudo = Pseudonymizer(config.key)
-    stages: tuple[Stage, ...] = (
-        Gate(profile, pixel_cleaning=False),
+    stages: list[Stage] = [
+        Gate(profile, pixel_cleaning=not config.header_only),
         HeaderStage(HeaderEngine(profile, pseudo)),
-    )
-    return Worker(profile, pseudo, stages)
+    ]
+    if not config.header_only:
+        stages.append(TextStage(config.text_mode))
+    return Worker(profile, pseudo, tuple(stages))
 
 
 def discover(root: Path) -> list[str]:
@@ -209,6 +216,7 @@ def process_file(config: RunConfig, input_root: Path, output_root: Path, src: st
     result.dst = dst.as_posix()
     result.sop_class = str(ds.SOPClassUID)
     result.stages = tuple(item.stages)
+    result.notes = "; ".join(item.notes)
     result.uid_pairs = item.uid_pairs
     result.patient_pair = item.patient_pair
     return result

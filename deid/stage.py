@@ -6,6 +6,7 @@ the pipeline then writes nothing for that object.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -31,7 +32,12 @@ class Item:
     patient_pair
         ``(original Patient ID, pseudonym)``.
     pixels_changed
-        Whether a stage changed the pixel data (then it is re-encoded on write).
+        Whether a stage changed the pixel data.
+    identifying
+        The object's own identifying values as a pattern (set by the header stage, before it
+        removes them), for stages that look for them in pixels.
+    notes
+        What the stages want the manifest to say of the object (no PHI).
     """
 
     ds: FileDataset
@@ -39,6 +45,8 @@ class Item:
     uid_pairs: dict[str, str] = field(default_factory=dict)
     patient_pair: tuple[str, str] = ("", "")
     pixels_changed: bool = False
+    identifying: re.Pattern[str] | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 class Stage(Protocol):

@@ -7,6 +7,7 @@ import io
 import os
 from pathlib import Path
 
+from pydicom import dcmwrite
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import UID
 
@@ -56,6 +57,17 @@ def replace_file_meta(ds: FileDataset) -> None:
     ds.preamble = b"\x00" * 128
 
 
+def _read_in_another_encoding(ds: FileDataset) -> bool:
+    """Whether raw elements were read in an encoding other than the one to write (a changed
+    transfer syntax, or an explicit-VR syntax whose file held implicit-VR elements)."""
+    syntax = ds.file_meta.TransferSyntaxUID
+    if ds.original_encoding != (syntax.is_implicit_VR, syntax.is_little_endian):
+        return True
+    return not syntax.is_implicit_VR and any(
+        getattr(ds.get_item(tag), "VR", "") is None for tag in ds.keys()
+    )
+
+
 def write_atomic(ds: FileDataset, path: Path) -> str:
     """Write ``ds`` to ``path`` through a temporary file and ``os.replace``.
 
@@ -67,8 +79,11 @@ def write_atomic(ds: FileDataset, path: Path) -> str:
     str
         The SHA-256 of the bytes written.
     """
+    if _read_in_another_encoding(ds):
+        for _ in ds.iterall():  # decode what is still raw, so it is encoded anew
+            pass
     buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
+    dcmwrite(buffer, ds, enforce_file_format=True)
     data = buffer.getvalue()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

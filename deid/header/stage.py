@@ -29,4 +29,5 @@ class HeaderStage:
         ctx = self.engine.apply(item.ds)
         item.uid_pairs.update(ctx.uid_pairs)
         item.patient_pair = (ctx.original_patient_id, ctx.patient_pseudonym)
+        item.identifying = ctx.identifying
         item.stages.append(self.name)
