@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -120,3 +122,14 @@ def write(ds: Dataset, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+_ERROR = re.compile(r"^Error - (.*)$", re.MULTILINE)
+
+
+def iod_errors(path: Path) -> set[str]:
+    """The errors dciodvfy (Debian dicom3tools) reports for ``path``, values left out."""
+    result = subprocess.run(["dciodvfy", "-new", str(path)], capture_output=True, text=True, errors="replace")
+    errors = (re.sub(r"<[^>]*>\s*$|\s+", " ", e).strip() for e in _ERROR.findall(result.stderr))
+    # an unreadable stream (dciodvfy cannot inflate deflated files) names a tag of random bytes
+    return {re.sub(r"^</\([0-9a-f]{4},[0-9a-f]{4}\)>", "</(unreadable)>", e) for e in errors}

@@ -4,7 +4,6 @@ every output readable by pydicom and DCMTK, and no new dciodvfy error."""
 from __future__ import annotations
 
 import csv
-import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -12,14 +11,16 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 
-from conftest import KEY
+from conftest import KEY, iod_errors
 from deid.pipeline import RunConfig, discover, run
 from deid.verify import verify
 
 
 def corpus_run(shared: Path, tmp_path_factory, profile: str) -> tuple[Path, Path, list[dict]]:
+    """The corpus through ``profile``: basic with the pixel stages, research header-only."""
     out = tmp_path_factory.mktemp(profile) / "out"
-    summary = run(RunConfig(profile, (), KEY), shared / "corpus", out, jobs=2)
+    config = RunConfig(profile, (), KEY, header_only=profile == "research")
+    summary = run(config, shared / "corpus", out, jobs=2)
     rows = list(csv.DictReader((out.parent / "out.audit" / "files.csv").open()))
     assert sum(summary.counts.values()) == len(discover(shared / "corpus")) == len(rows)
     return shared / "corpus", out, rows
@@ -65,14 +66,6 @@ def test_outputs_open_in_pydicom_and_dcmdump(corpus_output):
         assert result.returncode == 0, (path, result.stderr[:500])
 
 
-_ERROR = re.compile(r"^Error - (.*)$", re.MULTILINE)
-
-
-def _iod_errors(path: Path) -> set[str]:
-    result = subprocess.run(["dciodvfy", "-new", str(path)], capture_output=True, text=True)
-    return {re.sub(r"<[^>]*>\s*$|\s+", " ", e).strip() for e in _ERROR.findall(result.stderr)}
-
-
 def test_dciodvfy_finds_no_new_error(corpus_output):
     if shutil.which("dciodvfy") is None:
         pytest.skip("dciodvfy (Debian dicom3tools) is not installed")
@@ -81,7 +74,7 @@ def test_dciodvfy_finds_no_new_error(corpus_output):
     for row in rows:
         if row["status"] != "written":
             continue
-        added = _iod_errors(out / row["output"]) - _iod_errors(inputs / row["input"])
+        added = iod_errors(out / row["output"]) - iod_errors(inputs / row["input"])
         if added:
             new_errors[row["input"]] = sorted(added)
     assert new_errors == {}

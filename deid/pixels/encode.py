@@ -42,6 +42,12 @@ def write_pixels(ds: Dataset, array: np.ndarray, source: UID) -> str:
     A lossy source is never re-encoded lossily: it goes to lossless JPEG 2000 (or native when
     no encoder takes the data, e.g. 32-bit samples).
     """
+    if not source.is_compressed and int(ds.get("SamplesPerPixel", 1)) == 1 and int(ds.BitsAllocated) % 8 == 0:
+        # native grey or palette samples: new bytes in the same layout and syntax
+        order = ">" if not source.is_little_endian else "<"
+        dtype = np.dtype(f"{order}{'i' if int(ds.PixelRepresentation) else 'u'}{int(ds.BitsAllocated) // 8}")
+        ds.PixelData = array.astype(dtype).tobytes()
+        return "native"
     if not source.is_little_endian:  # pydicom sets pixel data in little endian only
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     photometric = str(ds.PhotometricInterpretation)
@@ -55,6 +61,9 @@ def write_pixels(ds: Dataset, array: np.ndarray, source: UID) -> str:
             ds.compress(target, encoding_plugin=ENCODERS[target])
         except Exception:  # noqa: BLE001 - no encoder takes these samples: stay native, lossless
             note = "native (no lossless encoder takes these samples)"
+        else:
+            if target == JPEG2000Lossless and photometric == "RGB":
+                ds.PhotometricInterpretation = "YBR_RCT"  # the encoder applied the reversible transform
     if source.is_compressed and source not in LOSSLESS:
         ds.LossyImageCompression = "01"  # the pixels' history stays true
         note += ", lossy input re-encoded losslessly"
