@@ -162,7 +162,7 @@ def base(patient: Patient, study: dict, sop_class: str, modality: str, rng: rand
 
 
 def set_pixels(ds: Dataset, pixels: np.ndarray, photometric: str, bits: int) -> None:
-    ds.set_pixel_data(pixels, photometric_interpretation=photometric, bits_stored=bits)
+    ds.set_pixel_data(pixels, photometric_interpretation=photometric, bits_stored=bits, generate_instance_uid=False)
 
 
 def burn(pixels: np.ndarray, lines: list[tuple[str, int, int]], size: int, value: int) -> np.ndarray:
@@ -250,7 +250,7 @@ def generate(out: Path, scale: str, seed: int) -> dict[str, list[str]]:
                 ds.SeriesDescription = f"{modality} AXIAL"
                 cross_section(ds, slices, i, volume[modality] + i, previous)
                 if (p + s) % 3 == 2:
-                    ds.compress(RLELossless, encoding_plugin="pydicom")
+                    ds.compress(RLELossless, encoding_plugin="pydicom", generate_instance_uid=False)
                 elif (p + s) % 4 == 1:
                     ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
                 images.append((ds.SOPClassUID, ds.SOPInstanceUID, series_uid))

@@ -176,3 +176,15 @@ def test_corpus_images_without_text_keep_their_pixels(shared: Path, tmp_path: Pa
         result = process_file(CONFIG, shared / "corpus", tmp_path, src)
         assert result.status == "written"
         assert dcmread(tmp_path / result.dst).PixelData == dcmread(shared / "corpus" / src).PixelData
+
+
+def test_cleaned_object_keeps_its_keyed_uid_and_is_deterministic(tmp_path: Path):
+    from deid.header.pseudonyms import Pseudonymizer
+
+    pixels = draw((240, 320), [("DOE^JOHN 445566", (10, 10), 24, 255)], 20)
+    ds = ultrasound(pixels)
+    first, second = run_one(ds, tmp_path / "a"), run_one(ds, tmp_path / "b")
+    assert first.BurnedInAnnotation == "NO"
+    assert first.SOPInstanceUID == Pseudonymizer(KEY).uid(ds.SOPInstanceUID)
+    files = [next((tmp_path / run / "out").rglob("*.dcm")).read_bytes() for run in ("a", "b")]
+    assert files[0] == files[1]

@@ -53,12 +53,17 @@ def write_pixels(ds: Dataset, array: np.ndarray, source: UID) -> str:
     photometric = str(ds.PhotometricInterpretation)
     if photometric.startswith("YBR") and array.ndim >= 3 and array.shape[-1] == 3:
         photometric = "RGB"  # pydicom decoded and converted the colour space
-    ds.set_pixel_data(array, photometric_interpretation=photometric, bits_stored=int(ds.BitsStored))
+    ds.set_pixel_data(
+        array,
+        photometric_interpretation=photometric,
+        bits_stored=int(ds.BitsStored),
+        generate_instance_uid=False,
+    )
     target = target_syntax(source)
     note = "native" if target == ExplicitVRLittleEndian else target.name
     if target != ExplicitVRLittleEndian:
         try:
-            ds.compress(target, encoding_plugin=ENCODERS[target])
+            ds.compress(target, encoding_plugin=ENCODERS[target], generate_instance_uid=False)
         except Exception:  # noqa: BLE001 - no encoder takes these samples: stay native, lossless
             note = "native (no lossless encoder takes these samples)"
         else:
