@@ -1,0 +1,80 @@
+"""Scale-out and cron figures: files/s for 1 and 2 local workers and a 2-worker Dask LocalCluster,
+peak memory per worker at two corpus sizes, and the cost of an incremental re-run.
+
+Usage::
+
+    python benchmarks/bench_scale.py --corpus DIR [--corpus4 DIR4] [--record benchmarks/RESULTS.md]
+
+All runs are header-only, output on tmpfs. Memory is the peak RSS of the run's processes
+(the driver and, for local workers, the largest worker).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+SCRATCH = Path("/dev/shm/deid-scale") if Path("/dev/shm").is_dir() else Path("/tmp/deid-scale")
+_MEASURE = (
+    "import resource, subprocess, sys; "
+    "subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
+    "u = resource.getrusage(resource.RUSAGE_CHILDREN); print(u.ru_maxrss, file=sys.stderr)"
+)
+
+
+def deid_run(corpus: Path, out: Path, *extra: str, clean: bool = True) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB, largest single process) of one ``deid run``."""
+    if clean:
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(out.with_name(out.name + ".audit"), ignore_errors=True)
+    command = [shutil.which("deid") or "deid", "run", str(corpus), str(out), "--header-only", *extra]
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", _MEASURE, *command], stderr=subprocess.PIPE, text=True,
+                          env={**os.environ, "DEID_KEY_FILE": str(SCRATCH / "key")})
+    return time.perf_counter() - start, int(done.stderr.split()[-1]) / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", type=Path, required=True)
+    parser.add_argument("--corpus4", type=Path, help="a corpus four times the size, for memory")
+    parser.add_argument("--record", type=Path)
+    args = parser.parse_args()
+    SCRATCH.mkdir(parents=True, exist_ok=True)
+    (SCRATCH / "key").write_text("benchmark-key-0123456789abcdef\n")
+    files = sum(1 for p in args.corpus.rglob("*") if p.is_file())
+    out = SCRATCH / "out"
+    deid_run(args.corpus, out, "-j", "1")  # warm-up
+    rows = []
+    one, peak1 = deid_run(args.corpus, out, "-j", "1")
+    two, peak2 = deid_run(args.corpus, out, "-j", "2")
+    dask, _ = deid_run(args.corpus, out, "--scheduler", "local:2")
+    again, _ = deid_run(args.corpus, out, "-j", "2", clean=False)
+    rows.append(f"| 1 local worker | {one:.2f} | {files / one:.0f} | 1.00 |")
+    rows.append(f"| 2 local workers (joblib loky) | {two:.2f} | {files / two:.0f} | {one / two:.2f} |")
+    rows.append(f"| Dask LocalCluster, 2 workers | {dask:.2f} | {files / dask:.0f} | {one / dask:.2f} |")
+    rows.append(f"| incremental re-run, nothing changed | {again:.2f} | - | {again / two:.1%} of a full 2-worker run |")
+    text = [f"corpus: {args.corpus} ({files} files); header-only; wall seconds", "",
+            "| run | wall s | files/s | speed-up |", "|---|---|---|---|", *rows, "",
+            f"peak RSS of the largest process: 1 worker {peak1:.0f} MB, 2 workers {peak2:.0f} MB"]
+    if args.corpus4:
+        _, peak4 = deid_run(args.corpus4, out, "-j", "1")
+        files4 = sum(1 for p in args.corpus4.rglob("*") if p.is_file())
+        text.append(f"memory flat as the corpus grows: {files} files {peak1:.0f} MB, {files4} files {peak4:.0f} MB")
+    print("\n".join(text))
+    if args.record:
+        header = (f"\n## Scale-out and incremental runs, {date.today()}\n\nMachine: {platform.machine()}, "
+                  f"{os.cpu_count()} cores. Command: `python benchmarks/bench_scale.py {' '.join(sys.argv[1:])}`\n\n")
+        with args.record.open("a") as handle:
+            handle.write(header + "\n".join(text) + "\n")
+
+
+if __name__ == "__main__":
+    main()
