@@ -121,7 +121,7 @@ def peer_python(name: str, requirement: str) -> Path | None:
 
 
 def script(name: str, text: str) -> Path:
-    path = CACHE / "drivers" / f"{name}.py"
+    path = CACHE / "drivers" / name / "run.py"  # a folder each: no driver shadows a package
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path

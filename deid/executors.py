@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from functools import partial
 
-from joblib import Parallel, delayed
-
 from deid.audit import FileResult
 
 #: Files per Dask task: amortises the scheduler's per-task cost (about 20 ms).
@@ -30,6 +28,8 @@ def run_local(process: ProcessFile, todo: list[str], jobs: int) -> Iterator[File
     if jobs == 1:
         yield from map(process, todo)
         return
+    from joblib import Parallel, delayed
+
     yield from Parallel(n_jobs=jobs, return_as="generator_unordered", batch_size="auto")(
         delayed(process)(src) for src in todo
     )

@@ -32,7 +32,6 @@ from deid.header.engine import HeaderEngine
 from deid.header.profiles import Profile, load_profile, rules_dir
 from deid.header.pseudonyms import Pseudonymizer
 from deid.header.stage import HeaderStage
-from deid.pixels.text import TextStage
 from deid.stage import Item, Quarantined, Stage
 from deid.writer import output_relpath, replace_file_meta, write_atomic
 
@@ -101,6 +100,8 @@ def worker_for(config: RunConfig) -> Worker:
         HeaderStage(HeaderEngine(profile, pseudo)),
     ]
     if not config.header_only:
+        from deid.pixels.text import TextStage  # numpy, OpenCV and OCR only when pixels are cleaned
+
         stages.append(TextStage(config.text_mode))
     return Worker(profile, pseudo, tuple(stages))
 

@@ -10,7 +10,8 @@ Table E.3.4-1 (SR concepts) and CID 7050, and writes:
 * ``basic.toml``: the Basic Application Level Confidentiality Profile (one rule per row),
 * ``options/<option>.toml``: one file per option, holding only the rows it overrides,
 * ``safe-private.toml``: the private attributes Retain Safe Private may keep,
-* ``sr-concepts.toml``: SR concept names and their actions for Clean Structured Content.
+* ``sr-concepts.toml``: SR concept names and their actions for Clean Structured Content,
+* ``iod-types.json``: the Types (PS3.3, from highdicom) that resolve compound action codes.
 
 Hand-written profiles (``research.toml``) compose these with ``extends`` and are not touched.
 """
@@ -165,6 +166,39 @@ def generate(standard: Path) -> None:
         fields |= {c: row[c] for c in OPTION_COLUMNS if row.get(c)}
         blocks.append(table("[[concept]]", fields))
     write(RULES / "sr-concepts.toml", blocks)
+    generate_iod_types(rows)
+
+
+def generate_iod_types(rows: list[dict]) -> None:
+    """Write ``iod-types.json``: for each IOD, the strongest Type of every attribute that a
+    compound action code names, keyed by its sequence path; and the IOD of each SOP class.
+
+    The Types come from PS3.3 as highdicom ships it (``highdicom._standard_utils``), read once
+    here so that ``deid`` does not parse highdicom's tables at run time.
+    """
+    from highdicom._standard_utils import (
+        get_iod_module_map,
+        get_module_attribute_map,
+        get_sop_class_iod_map,
+    )
+
+    compound = {row["keyword"] for row in rows if row["keyword"] and "/" in row["basic"]}
+    strength = {"1": 0, "1C": 1, "2": 2, "2C": 3, "3": 4}
+    modules = get_module_attribute_map()
+    iods = {}
+    for iod, usages in get_iod_module_map().items():
+        types: dict[str, str] = {}
+        for usage in usages:
+            for attribute in modules.get(usage["key"], []):
+                if attribute["keyword"] not in compound:
+                    continue
+                key = "/".join([*attribute["path"], attribute["keyword"]])
+                old = types.get(key)
+                if old is None or strength[attribute["type"]] < strength[old]:
+                    types[key] = attribute["type"]
+        iods[iod] = dict(sorted(types.items()))
+    data = {"sop_classes": dict(sorted(get_sop_class_iod_map().items())), "iods": dict(sorted(iods.items()))}
+    (RULES / "iod-types.json").write_text(json.dumps(data, indent=0, sort_keys=False) + "\n")
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Attribute Types (1, 1C, 2, 2C, 3) per SOP class, from highdicom's copy of PS3.3.
+"""Attribute Types (1, 1C, 2, 2C, 3) per SOP class, from PS3.3 (rules/iod-types.json).
 
 Compound action codes (Z/D, X/Z, X/D, X/Z/D, X/Z/U*) depend on whether an attribute is Type 1
 or Type 2 in the object's IOD; this module answers that question.
@@ -6,20 +6,21 @@ or Type 2 in the object's IOD; this module answers that question.
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 
-from highdicom._standard_utils import (
-    get_iod_module_map,
-    get_module_attribute_map,
-    get_sop_class_iod_map,
-)
+from deid.header.profiles import rules_dir
 
-_STRENGTH = {"1": 0, "1C": 1, "2": 2, "2C": 3, "3": 4}
+
+@lru_cache(maxsize=1)
+def _tables() -> dict:
+    return json.loads((rules_dir() / "iod-types.json").read_text(encoding="utf-8"))
 
 
 @lru_cache(maxsize=256)
 def attribute_types(sop_class_uid: str) -> dict[tuple[str, ...], str] | None:
-    """Map ``(*sequence keywords, keyword)`` to the strongest Type in the IOD.
+    """Map ``(*sequence keywords, keyword)`` to the strongest Type in the IOD, for the
+    attributes that compound action codes name.
 
     Parameters
     ----------
@@ -31,18 +32,11 @@ def attribute_types(sop_class_uid: str) -> dict[tuple[str, ...], str] | None:
     dict or None
         The Types, or ``None`` when the IOD of the SOP class is not known.
     """
-    iod = get_sop_class_iod_map().get(sop_class_uid)
+    tables = _tables()
+    iod = tables["sop_classes"].get(sop_class_uid)
     if iod is None:
         return None
-    modules = get_module_attribute_map()
-    types: dict[tuple[str, ...], str] = {}
-    for module in get_iod_module_map()[iod]:
-        for attribute in modules.get(module["key"], []):
-            key = (*attribute["path"], attribute["keyword"])
-            old = types.get(key)
-            if old is None or _STRENGTH[attribute["type"]] < _STRENGTH[old]:
-                types[key] = attribute["type"]
-    return types
+    return {tuple(key.split("/")): value for key, value in tables["iods"][iod].items()}
 
 
 def resolve_compound(code: str, attribute_type: str | None) -> str:
