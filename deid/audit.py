@@ -95,14 +95,17 @@ class Ledger:
         self.db.executescript(_SCHEMA)
         self._pending = 0
 
-    def done(self, src: str, size: int, mtime_ns: int, output_root: Path) -> bool:
-        """Whether ``src`` already reached its end with this configuration and is intact."""
-        row = self.db.execute(
-            "SELECT size, mtime_ns, config, status, dst FROM files WHERE src = ?", (src,)
-        ).fetchone()
-        if row is None or tuple(row[:3]) != (size, mtime_ns, self.config):
-            return False
-        return row[3] != "written" or (output_root / row[4]).is_file()
+    def finished(self, output_root: Path) -> dict[str, tuple[int, int]]:
+        """``src`` to ``(size, mtime_ns)`` of every input that reached its end with this
+        configuration and whose output, if any, is still in place."""
+        rows = self.db.execute(
+            "SELECT src, size, mtime_ns, status, dst FROM files WHERE config = ?", (self.config,)
+        )
+        return {
+            src: (size, mtime_ns)
+            for src, size, mtime_ns, status, dst in rows
+            if status != "written" or (output_root / dst).is_file()
+        }
 
     def status_counts(self, sources: Iterable[str]) -> dict[str, int]:
         """Counts per status over ``sources``."""

@@ -315,10 +315,11 @@ def run(
         ledger = Ledger(audit_dir, config.fingerprint())
         try:
             sources = discover(input_root)
+            finished = ledger.finished(output_root)
             todo = []
             for src in sources:
                 stat = (input_root / src).stat()
-                if not ledger.done(src, stat.st_size, stat.st_mtime_ns, output_root):
+                if finished.get(src) != (stat.st_size, stat.st_mtime_ns):
                     todo.append(src)
             by_dst: dict[str, FileResult] = {}
             process = partial(process_file, config, input_root, output_root)
