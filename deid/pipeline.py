@@ -181,7 +181,8 @@ def _check_pixels(ds) -> None:
         ) // 8
     except (AttributeError, TypeError, ValueError):
         raise Quarantined("pixel data without a valid image pixel description") from None
-    if len(ds.PixelData) < expected:
+    pixel_data = ds.get_item(0x7FE00010)
+    if len(pixel_data.value or b"") < expected:
         raise Quarantined("truncated pixel data")
 
 

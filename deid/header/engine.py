@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from pydicom._uid_dict import UID_dictionary
 from pydicom.dataelem import RawDataElement
@@ -124,6 +125,8 @@ def patient_key(ds: Dataset) -> str:
 
 
 def _identifying_pattern(ds: Dataset) -> re.Pattern[str] | None:
+    """The object's own identifying values (names and their parts, IDs, birth date in common
+    spellings) as one case-insensitive whole-word pattern."""
     tokens: set[str] = set()
     for keyword in IDENTIFYING_KEYWORDS:
         element = ds.data_element(keyword) if keyword in ds else None
@@ -142,9 +145,13 @@ def _identifying_pattern(ds: Dataset) -> re.Pattern[str] | None:
                     {f"{text[:4]}-{text[4:6]}-{text[6:]}", f"{text[6:]}.{text[4:6]}.{text[:4]}",
                      f"{text[4:6]}/{text[6:]}/{text[:4]}"}
                 )
-    if not tokens:
-        return None
-    alternatives = "|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True))
+    return _compile_tokens(frozenset(tokens)) if tokens else None
+
+
+@lru_cache(maxsize=1024)
+def _compile_tokens(tokens: frozenset[str]) -> re.Pattern[str]:
+    """One pattern per set of values: the files of one patient share it."""
+    alternatives = "|".join(re.escape(t) for t in sorted(tokens, key=lambda t: (-len(t), t)))
     return re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)
 
 
