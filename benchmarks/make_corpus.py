@@ -220,7 +220,7 @@ def generate(out: Path, scale: str, seed: int) -> dict[str, list[str]]:
     patients_n, slices, matrix, radiograph = SCALES[scale]
     rng = random.Random(seed)
     noise = np.random.default_rng(seed)
-    volume = {m: (body(noise, matrix, matrix, 2000) + 24).astype(np.int32) for m in ("CT", "MR")}
+    volume = {m: (body(noise, matrix, matrix, 1900) + 24).astype(np.int32) for m in ("CT", "MR")}
     phi: dict[str, list[str]] = {}
     file_count = 0
     for p in range(patients_n):
