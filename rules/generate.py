@@ -24,21 +24,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-RULES = Path(__file__).resolve().parent
+from deid.header.profiles import OPTIONS as OPTION_COLUMNS
 
-#: Table E.1-1 option columns, in the standard's order.
-OPTION_COLUMNS = (
-    "retain_safe_private",
-    "retain_uids",
-    "retain_device_identity",
-    "retain_institution_identity",
-    "retain_patient_characteristics",
-    "retain_long_full_dates",
-    "retain_long_modified_dates",
-    "clean_descriptors",
-    "clean_structured_content",
-    "clean_graphics",
-)
+RULES = Path(__file__).resolve().parent
 
 #: CID 7050 keyword of each option column.
 OPTION_CODE_KEYWORDS = {
