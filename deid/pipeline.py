@@ -12,7 +12,6 @@ import hashlib
 import os
 import time
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from pathlib import Path
