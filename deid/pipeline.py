@@ -71,8 +71,9 @@ class RunConfig:
         digest = hashlib.sha256()
         switches = f"{__version__}|{self.profile}|{','.join(self.options)}|{self.header_only}|{self.text_mode}"
         digest.update(switches.encode())
-        for path in sorted(rules_dir().rglob("*.toml")):
-            digest.update(path.read_bytes())
+        for path in sorted(rules_dir().rglob("*")):
+            if path.suffix in (".toml", ".json"):
+                digest.update(path.read_bytes())
         profile_path = Path(self.profile)
         if profile_path.suffix == ".toml" and profile_path.is_file():
             digest.update(profile_path.read_bytes())
@@ -106,7 +107,7 @@ def worker_for(config: RunConfig) -> Worker:
 
 
 def discover(root: Path) -> list[str]:
-    """Every regular file under ``root`` (hidden temporary files excluded), sorted, relative."""
+    """Every regular file under ``root`` (symbolic links are not followed), sorted, relative."""
     found = []
     for folder, dirs, files in os.walk(root):
         dirs.sort()
