@@ -43,6 +43,8 @@ def main() -> None:
 @click.option("--text-mode", type=click.Choice(["all", "sensitive"]),
               help="Burned-in text: blank all of it, or keep safe text (markers, units); "
                    "default: sensitive for radiographs and CT/MR, all otherwise.")
+@click.option("--text-fill", type=click.Choice(["black", "background"]), default="black", show_default=True,
+              help="What masked text becomes: black, or the image's background value.")
 @click.option("--audit-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Private audit folder (ledger, crosswalks); default OUTPUT_DIR.audit.")
 @click.option("--json-logs/--console-logs", default=None,
@@ -58,6 +60,7 @@ def run(
     scheduler: str | None,
     header_only: bool,
     text_mode: str | None,
+    text_fill: str,
     audit_dir: Path | None,
     json_logs: bool | None,
     verbose: bool,
@@ -71,7 +74,7 @@ def run(
     logs.configure(json_logs, verbose)
     log = structlog.get_logger()
     try:
-        config = RunConfig(profile, options, load_key(key_file), header_only, text_mode)
+        config = RunConfig(profile, options, load_key(key_file), header_only, text_mode, text_fill)
         summary = run_pipeline(config, input_dir, output_dir, audit_dir, jobs, scheduler)
     except (ProfileError, KeyFileError, ValueError) as exc:
         log.error("configuration error", reason=str(exc))

@@ -58,6 +58,8 @@ class RunConfig:
         Skip every pixel stage (objects that need pixel cleaning are then quarantined).
     text_mode
         Burned-in text mode, ``all`` or ``sensitive``; ``None``: the per-modality default.
+    text_fill
+        What masked text becomes: ``black`` or ``background``.
     """
 
     profile: str
@@ -65,11 +67,15 @@ class RunConfig:
     key: bytes
     header_only: bool = False
     text_mode: str | None = None
+    text_fill: str = "black"
 
     def fingerprint(self) -> str:
         """Hash of what decides the output: version, rules, options, key (not revealed)."""
         digest = hashlib.sha256()
-        switches = f"{__version__}|{self.profile}|{','.join(self.options)}|{self.header_only}|{self.text_mode}"
+        switches = "|".join(
+            (__version__, self.profile, ",".join(self.options), str(self.header_only), str(self.text_mode),
+             self.text_fill)
+        )
         digest.update(switches.encode())
         for path in sorted(rules_dir().rglob("*")):
             if path.suffix in (".toml", ".json"):
@@ -102,7 +108,7 @@ def worker_for(config: RunConfig) -> Worker:
     if not config.header_only:
         from deid.pixels.text import TextStage  # numpy, OpenCV and OCR only when pixels are cleaned
 
-        stages.append(TextStage(config.text_mode))
+        stages.append(TextStage(config.text_mode, config.text_fill))
     return Worker(profile, pseudo, tuple(stages))
 
 

@@ -188,3 +188,12 @@ def test_cleaned_object_keeps_its_keyed_uid_and_is_deterministic(tmp_path: Path)
     assert first.SOPInstanceUID == Pseudonymizer(KEY).uid(ds.SOPInstanceUID)
     files = [next((tmp_path / run / "out").rglob("*.dcm")).read_bytes() for run in ("a", "b")]
     assert files[0] == files[1]
+
+
+def test_background_fill_takes_the_corner_value(tmp_path: Path):
+    pixels = draw((240, 320), [("DOE^JOHN 445566", (60, 100), 24, 255)], 37)
+    write(ultrasound(pixels), tmp_path / "in" / "a.dcm")
+    config = RunConfig("basic", (), KEY, text_fill="background")
+    result = process_file(config, tmp_path / "in", tmp_path / "out", "a.dcm")
+    out = dcmread(tmp_path / "out" / result.dst).pixel_array
+    assert (out[100:124, 60:250] == 37).all()

@@ -36,10 +36,22 @@ def to_display(frame: np.ndarray, ds: Dataset) -> np.ndarray:
     return np.repeat(gray[..., np.newaxis], 3, axis=2)
 
 
-def fill_value(ds: Dataset, array: np.ndarray) -> int | tuple[int, ...]:
-    """Black in stored-value space: the displayed-black value for MONOCHROME1/2, zero for colour."""
-    if array.ndim == 4 or (array.ndim == 3 and int(ds.get("SamplesPerPixel", 1)) > 1):
+def fill_value(ds: Dataset, frames: np.ndarray, fill: str = "black") -> np.ndarray | int:
+    """The value that blanks a region, in stored-value space.
+
+    ``black``: the displayed-black value (the maximum for MONOCHROME1, the minimum of a signed
+    grey image, zero otherwise and for colour). ``background``: the most common value (or
+    colour) of the four 16-pixel corners of the first frame.
+    """
+    first = frames[0]
+    if fill == "background":
+        size = 16
+        corners = [first[:size, :size], first[:size, -size:], first[-size:, :size], first[-size:, -size:]]
+        samples = np.concatenate([c.reshape(-1, *first.shape[2:]) for c in corners])
+        values, counts = np.unique(samples, axis=0, return_counts=True)
+        return values[counts.argmax()]
+    if first.ndim == 3:
         return 0
     if str(ds.PhotometricInterpretation) == "MONOCHROME1":
-        return int(array.max())
-    return int(array.min()) if np.issubdtype(array.dtype, np.signedinteger) else 0
+        return int(frames.max())
+    return int(frames.min()) if np.issubdtype(frames.dtype, np.signedinteger) else 0

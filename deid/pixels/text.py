@@ -60,15 +60,20 @@ class TextStage:
     ----------
     mode
         ``all``, ``sensitive``, or ``None`` for the per-modality default.
+    fill
+        ``black`` or ``background`` (see :func:`deid.pixels.render.fill_value`).
     rules
         Known-region rules; default the shipped rules/pixel/*.toml.
     """
 
     name = "text"
 
-    def __init__(self, mode: str | None = None, rules: RegionRules | None = None) -> None:
+    def __init__(self, mode: str | None = None, fill: str = "black", rules: RegionRules | None = None) -> None:
         if mode not in (None, "all", "sensitive"):
             raise ValueError(f"unknown text mode {mode!r}")
+        if fill not in ("black", "background"):
+            raise ValueError(f"unknown fill {fill!r}")
+        self.fill = fill
         if importlib.util.find_spec("onnxruntime") is None:
             raise ValueError(
                 "the text stage needs ONNX Runtime: pip install 'deid-dicom[cpu]' (or [gpu]), "
@@ -106,7 +111,7 @@ class TextStage:
         if not boxes:
             return
         cleaned = frames.copy()
-        fill = fill_value(ds, cleaned)
+        fill = fill_value(ds, cleaned, self.fill)
         for x, y, width, height in boxes:
             cleaned[:, y : y + height, x : x + width] = fill
         source = ds.file_meta.TransferSyntaxUID
