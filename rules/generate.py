@@ -11,7 +11,8 @@ Table E.3.4-1 (SR concepts) and CID 7050, and writes:
 * ``options/<option>.toml``: one file per option, holding only the rows it overrides,
 * ``safe-private.toml``: the private attributes Retain Safe Private may keep,
 * ``sr-concepts.toml``: SR concept names and their actions for Clean Structured Content,
-* ``iod-types.json``: the Types (PS3.3, from highdicom) that resolve compound action codes.
+* ``iod-types.json``: the Types (PS3.3, from highdicom) that resolve compound action codes,
+* ``tcia-private.toml``: the private elements the TCIA private-tag knowledge base keeps.
 
 Hand-written profiles (``research.toml``) compose these with ``extends`` and are not touched.
 """
@@ -19,8 +20,10 @@ Hand-written profiles (``research.toml``) compose these with ``extends`` and are
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +158,44 @@ def generate(standard: Path) -> None:
         blocks.append(table("[[concept]]", fields))
     write(RULES / "sr-concepts.toml", blocks)
     generate_iod_types(rows)
+    generate_tcia_private(standard)
+
+
+#: TCIA private-tag dispositions as PS3.15 actions: keep (still cleaned), hash, offset dates.
+TCIA_ACTIONS = {"k": "C", "h": "U", "o": "C"}
+_TCIA_SIGNATURE = re.compile(r'^\(([0-9a-fA-F]{4}),"?(.*?)"?,([0-9a-fA-F]{2})\)$')
+
+
+def generate_tcia_private(standard: Path) -> None:
+    """Write ``tcia-private.toml``: the private elements TCIA keeps, hashes or date-shifts.
+
+    Only top-level signatures with a private creator are taken (nested ones stay removed). A hash
+    becomes U for UIDs and D (a keyed token) otherwise; a date offset is taken only for DA/DT
+    (C shifts them); deletions are not listed, as removal is the default.
+    """
+    path = standard / "tcia" / "TCIAPrivateTagKB-02-01-2024-formatted.csv"
+    entries = {}
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        for row in csv.DictReader(handle):
+            signature = row["element_sig_pattern"].strip()
+            match = None if "[" in signature else _TCIA_SIGNATURE.match(signature)
+            disposition = row["private_disposition"].strip().lower()
+            vr = row["vr"].strip()
+            if not match or not match[2].strip() or disposition not in TCIA_ACTIONS:
+                continue
+            if disposition == "o" and vr not in ("DA", "DT"):
+                continue
+            action = TCIA_ACTIONS[disposition]
+            if disposition == "h" and vr != "UI":
+                action = "D"
+            key = (match[2].strip().upper(), match[1].upper(), match[3].upper())
+            entries[key] = {"private_creator": match[2].strip(), "group": match[1].upper(),
+                            "element": match[3].upper(), "vr": vr, "action": action,
+                            "meaning": row["tag_name"].strip()}
+    write(
+        RULES / "tcia-private.toml",
+        [table("[[private]]", entries[key]) for key in sorted(entries)],
+    )
 
 
 def generate_iod_types(rows: list[dict]) -> None:

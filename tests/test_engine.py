@@ -271,3 +271,15 @@ def test_safe_private_declared_by_the_object():
     assert ds[0x0031, 0x1001].value == "2.5"
     assert (0x0031, 0x1002) not in ds and (0x0031, 0x1004) not in ds
     assert ds[0x0031, 0x1003].value not in ("", "MRN445566")
+
+
+def test_research_keeps_what_the_tcia_knowledge_base_keeps():
+    ds = make_ct()
+    block = ds.private_block(0x3711, "A.L.I. Technologies, Inc.", create=True)
+    block.add_new(0x0C, "UI", "1.2.826.0.1.3680043.8.498.9999")  # KB: hash
+    basic = make_ct()
+    basic.private_block(0x3711, "A.L.I. Technologies, Inc.", create=True).add_new(0x0C, "UI", "1.2.3.4")
+    deidentify(ds, "research")
+    deidentify(basic, "basic")
+    assert ds[0x3711, 0x100C].value == Pseudonymizer(KEY).uid("1.2.826.0.1.3680043.8.498.9999")
+    assert (0x3711, 0x100C) not in basic

@@ -363,14 +363,18 @@ class FileContext:
 
     def _safe_private_code(self, creator: str, group: int, offset: int) -> str | None:
         """The Retain Safe Private action (E.3.10): what the object declares in its Private Data
-        Element Characteristics Sequence, else Table E.3.10-1; ``None`` when not known safe."""
+        Element Characteristics Sequence, else Table E.3.10-1, else the profile's private tables
+        (TCIA's knowledge base); ``None`` when not known safe."""
         declared = self.declared_private.get((group, creator))
         if declared is not None:
             if offset in declared.actions:
                 return declared.actions[offset]
             if declared.safe_block or offset in declared.safe_offsets:
                 return "C"
-        return "C" if (creator, group, offset) in self.profile.safe_private else None
+        key = (creator, group, offset)
+        if key in self.profile.safe_private:
+            return "C"
+        return self.profile.private_table.get(key)
 
     def _content_item_kept(self, item: Dataset) -> bool:
         """Clean Structured Content: drop items whose concept Table E.3.4-1 says to remove."""

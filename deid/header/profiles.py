@@ -101,6 +101,9 @@ class Profile:
         Site rules by ``(creator, element offset or None)``.
     safe_private
         ``(creator, group, element offset)`` of private attributes known to be safe.
+    private_table
+        ``(creator, group, element offset)`` to action, from the profile's ``private_tables``
+        (the TCIA private-tag knowledge base for ``research``); consulted under Retain Safe Private.
     sr_concepts
         ``(coding scheme, code value)`` to action for Clean Structured Content.
     """
@@ -113,6 +116,7 @@ class Profile:
     by_vr: dict[str, Rule] = field(default_factory=dict)
     private: dict[tuple[str, int | None], Rule] = field(default_factory=dict)
     safe_private: frozenset[tuple[str, int, int]] = frozenset()
+    private_table: dict[tuple[str, int, int], str] = field(default_factory=dict)
     sr_concepts: dict[tuple[str, str], str] = field(default_factory=dict)
 
     @property
@@ -234,6 +238,17 @@ def _safe_private() -> frozenset[tuple[str, int, int]]:
     )
 
 
+def _private_table(name: str) -> dict[tuple[str, int, int], str]:
+    entries = _read(rules_dir() / f"{name}.toml").get("private", [])
+    table = {}
+    for entry in entries:
+        if entry.get("action") not in ACTION_CODES:
+            raise ProfileError(f"{name}: unknown action {entry.get('action')!r}")
+        key = (entry["private_creator"].strip().upper(), int(entry["group"], 16), int(entry["element"], 16))
+        table[key] = entry["action"]
+    return table
+
+
 def _sr_concepts(options: tuple[str, ...]) -> dict[tuple[str, str], str]:
     concepts = {}
     for entry in _read(rules_dir() / "sr-concepts.toml")["concept"]:
@@ -310,6 +325,9 @@ def load_profile(name_or_path: str, extra_options: tuple[str, ...] = ()) -> Prof
     profile.codes = tuple(codes)
     if profile.has("retain_safe_private"):
         profile.safe_private = _safe_private()
+        for _, data in chain:
+            for table_name in data.get("profile", {}).get("private_tables", []):
+                profile.private_table.update(_private_table(table_name))
     if profile.has("clean_structured_content"):
         profile.sr_concepts = _sr_concepts(ordered)
     return profile
