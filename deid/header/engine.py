@@ -12,7 +12,7 @@ from functools import lru_cache
 
 from pydicom._uid_dict import UID_dictionary
 from pydicom.dataelem import RawDataElement
-from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
@@ -73,6 +73,9 @@ IDENTIFYING_KEYWORDS = (
     "InstitutionName",
     "MedicalRecordLocator",
 )
+_IDENTIFYING_TAGS = tuple(
+    (tag_for_keyword(keyword), dictionary_VR(tag_for_keyword(keyword))) for keyword in IDENTIFYING_KEYWORDS
+)
 _MIN_TOKEN = 3
 _CLASS_UID_SUFFIX = "ClassUID"
 
@@ -128,24 +131,34 @@ def _identifying_pattern(ds: Dataset) -> re.Pattern[str] | None:
     """The object's own identifying values (names and their parts, IDs, birth date in common
     spellings) as one case-insensitive whole-word pattern."""
     tokens: set[str] = set()
-    for keyword in IDENTIFYING_KEYWORDS:
-        element = ds.data_element(keyword) if keyword in ds else None
-        if element is None or element.VR == "SQ":
+    for tag, vr in _IDENTIFYING_TAGS:
+        if tag not in ds:
             continue
-        values = element.value if element.VM > 1 else [element.value]
-        for value in values:
-            text = str(value or "").strip()
+        for text in _texts(ds, tag):
             if len(text) < _MIN_TOKEN:
                 continue
             tokens.add(text)
-            if element.VR == "PN":
+            if vr == "PN":
                 tokens.update(p for p in re.split(r"[\^=\s,]+", text) if len(p) >= _MIN_TOKEN)
-            elif element.VR == "DA" and len(text) == 8:
+            elif vr == "DA" and len(text) == 8:
                 tokens.update(
                     {f"{text[:4]}-{text[4:6]}-{text[6:]}", f"{text[6:]}.{text[4:6]}.{text[:4]}",
                      f"{text[4:6]}/{text[6:]}/{text[:4]}"}
                 )
     return _compile_tokens(frozenset(tokens)) if tokens else None
+
+
+def _texts(ds: Dataset, tag: int) -> list[str]:
+    """The values of a string element; ASCII values straight from the raw bytes (no decoding
+    through the character set, which is the slow part of reading a header)."""
+    raw = ds.get_item(tag)
+    if isinstance(raw, RawDataElement) and raw.value is not None and raw.value.isascii():
+        return [v.strip(" \x00") for v in raw.value.decode("ascii").split("\\")]
+    element = ds[tag]
+    if element.VR == "SQ" or element.value is None:
+        return []
+    values = element.value if element.VM > 1 else [element.value]
+    return [str(v).strip() for v in values]
 
 
 @lru_cache(maxsize=1024)
