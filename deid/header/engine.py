@@ -33,7 +33,8 @@ from deid.header.profiles import Profile
 from deid.header.pseudonyms import Pseudonymizer
 
 #: Removed whatever the profile says: Encrypted Attributes, Original Attributes, Digital
-#: Signatures, MAC Parameters, trailing padding (PS3.15 E.1.1 and the notes of Table E.1-1).
+#: Signatures, MAC Parameters, trailing padding and the Icon Image Sequence, a thumbnail of
+#: the pixels that no stage cleans (PS3.15 E.1.1 and the notes of Table E.1-1).
 ALWAYS_REMOVED = frozenset(
     {0x04000500, 0x04000561, 0x4FFE0001, 0xFFFAFFFA, 0xFFFCFFFC, 0x00880200}
 )
