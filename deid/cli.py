@@ -50,6 +50,8 @@ def main() -> None:
 @click.option("--json-logs/--console-logs", default=None,
               help="Log format; default JSON lines unless stderr is a terminal.")
 @click.option("--verbose", "-v", is_flag=True, help="Also log skipped (non-DICOM) files.")
+@click.option("--dry-run", is_flag=True,
+              help="Say what the run would do (stages, profile, files found) and write nothing.")
 def run(
     input_dir: Path,
     output_dir: Path,
@@ -64,6 +66,7 @@ def run(
     audit_dir: Path | None,
     json_logs: bool | None,
     verbose: bool,
+    dry_run: bool,
 ) -> None:
     """De-identify every DICOM file under INPUT_DIR into OUTPUT_DIR."""
     from deid.header.profiles import ProfileError
@@ -75,6 +78,9 @@ def run(
     log = structlog.get_logger()
     try:
         config = RunConfig(profile, options, load_key(key_file), header_only, text_mode, text_fill)
+        if dry_run:
+            _describe(config, input_dir)
+            return
         summary = run_pipeline(config, input_dir, output_dir, audit_dir, jobs, scheduler)
     except (ProfileError, KeyFileError, ValueError) as exc:
         log.error("configuration error", reason=str(exc))
@@ -100,6 +106,17 @@ def run(
             err=True,
         )
     sys.exit(summary.exit_code)
+
+
+def _describe(config, input_dir: Path) -> None:
+    """Print the stages a run would apply and how many files it would look at."""
+    from deid.pipeline import discover, worker_for
+
+    worker = worker_for(config)
+    click.echo(f"profile {worker.profile.name}; options: {', '.join(worker.profile.options) or 'none'}")
+    for number, stage in enumerate(worker.stages, 1):
+        click.echo(f"{number}. {stage.name}: {stage.describe()}")
+    click.echo(f"{len(discover(input_dir))} file(s) under the input folder; nothing written")
 
 
 @main.command()

@@ -59,3 +59,14 @@ def test_json_logs_carry_no_phi(tmp_path: Path, key_file: Path):
     assert len(quarantined) == 1 and quarantined[0]["reason"] == "truncated file"
     assert "DOE" not in result.stderr and "MRN" not in result.stderr
     assert events[-1]["event"] == "run finished" and events[-1]["quarantined"] == 1
+
+
+def test_dry_run_describes_the_stages_and_writes_nothing(tmp_path: Path, key_file: Path):
+    make_inputs(tmp_path / "in")
+    result = CliRunner().invoke(
+        main, ["run", str(tmp_path / "in"), str(tmp_path / "out"), "--key-file", str(key_file), "--dry-run"]
+    )
+    assert result.exit_code == 0
+    assert "1. gate:" in result.output and "2. header:" in result.output and "3. text:" in result.output
+    assert "13 file(s)" in result.output
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.audit").exists()
