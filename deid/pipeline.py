@@ -32,7 +32,7 @@ from deid.header.profiles import Profile, load_profile, rules_dir
 from deid.header.pseudonyms import Pseudonymizer
 from deid.header.stage import HeaderStage
 from deid.stage import Item, Quarantined, Stage
-from deid.writer import output_relpath, replace_file_meta, write_atomic
+from deid.writer import clear_staging, output_relpath, replace_file_meta, write_atomic
 
 LOCK_NAME = ".deid.lock"
 log = structlog.get_logger()
@@ -213,7 +213,7 @@ def process_file(config: RunConfig, input_root: Path, output_root: Path, src: st
             stage(item)
         replace_file_meta(ds)
         dst = output_relpath(item, worker.pseudo)
-        result.sha256 = write_atomic(ds, output_root / dst)
+        result.sha256 = write_atomic(ds, output_root, dst)
     except Quarantined as exc:
         result.reason = str(exc)
         return result
@@ -319,6 +319,7 @@ def run(
     worker = worker_for(config)  # fail early on a bad profile
     with AuditLock(audit_dir):
         output_root.mkdir(parents=True, exist_ok=True)
+        clear_staging(output_root)
         ledger = Ledger(audit_dir, config.fingerprint())
         try:
             sources = discover(input_root)
@@ -339,6 +340,7 @@ def run(
                     token = worker.pseudo.token(f"src:{settled.src}")[:10]
                     ledger.record(settled, token)
                     _log_result(token, settled)
+            clear_staging(output_root)
             options = "+".join(worker.profile.options)
             ledger.write_reports(output_root, worker.profile.name, options)
             counts = ledger.status_counts(sources)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 from pathlib import Path
 
 from pydicom import dcmwrite
@@ -92,11 +93,16 @@ def _encode(ds: FileDataset) -> bytes:
     return fp.getvalue()
 
 
-def write_atomic(ds: FileDataset, path: Path) -> str:
-    """Write ``ds`` to ``path`` through a temporary file and ``os.replace``.
+#: Where files are written before they are moved into place, inside the output folder (same
+#: file system, so the move is atomic); a run clears what a killed run left there.
+STAGING = ".deid-staging"
 
-    A killed process leaves either the whole file or none (and at most a hidden ``.tmp``
-    file that the next run's write replaces).
+
+def write_atomic(ds: FileDataset, output_root: Path, relpath: Path) -> str:
+    """Write ``ds`` to ``output_root / relpath`` through a staged file and ``os.replace``.
+
+    A killed process leaves either the whole file or none; a staged file it leaves behind is
+    removed by the next run (:func:`clear_staging`).
 
     Returns
     -------
@@ -107,8 +113,16 @@ def write_atomic(ds: FileDataset, path: Path) -> str:
         for _ in ds.iterall():  # decode what is still raw, so it is encoded anew
             pass
     data = _encode(ds)
+    path = output_root / relpath
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    staging = output_root / STAGING
+    staging.mkdir(exist_ok=True)
+    tmp = staging / f"{os.getpid()}-{path.name}"
     tmp.write_bytes(data)
     os.replace(tmp, path)
     return hashlib.sha256(data).hexdigest()
+
+
+def clear_staging(output_root: Path) -> None:
+    """Remove the staging folder and whatever a killed run left in it."""
+    shutil.rmtree(output_root / STAGING, ignore_errors=True)

@@ -14,6 +14,7 @@ from pydicom import dcmread
 from conftest import KEY, iod_errors
 from deid.pipeline import RunConfig, discover, run
 from deid.verify import verify
+from deid.writer import STAGING
 
 
 def corpus_run(shared: Path, tmp_path_factory, profile: str) -> tuple[Path, Path, list[dict]]:
@@ -43,7 +44,7 @@ def test_every_input_is_accounted_for_with_a_reason(corpus_output):
     assert all(r["reason"] for r in rows if r["status"] != "written")
     assert not any(r["reason"].startswith("internal error") for r in rows)
     assert len(list(out.rglob("*.dcm"))) == len(written)
-    assert not list(out.rglob("*.tmp"))
+    assert not (out / STAGING).exists()
 
 
 def test_no_identifying_value_survives(corpus_output):
