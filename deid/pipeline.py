@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import os
 import time
 import warnings
@@ -124,12 +125,12 @@ def discover(root: Path) -> list[str]:
     return sorted(found)
 
 
-def _read(path: Path):
-    """Read a DICOM file; return ``None`` for non-DICOM; raise Quarantined when broken."""
+def _read(data: bytes):
+    """Read a DICOM file's bytes; return ``None`` for non-DICOM; raise Quarantined when broken."""
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            ds = dcmread(path)
+            ds = dcmread(io.BytesIO(data))
     except InvalidDicomError:
         pass
     except Exception as exc:  # noqa: BLE001 - any parser failure means unreadable
@@ -137,10 +138,10 @@ def _read(path: Path):
     else:
         if any("End of file reached" in str(w.message) for w in caught):
             raise Quarantined("truncated file")
-        _check_complete(ds, path.stat().st_size)
+        _check_complete(ds, len(data))
         return ds
     try:  # no preamble: accept only if it parses as a data set with an SOP class
-        ds = dcmread(path, force=True)
+        ds = dcmread(io.BytesIO(data), force=True)
         return ds if "SOPClassUID" in ds else None
     except Exception:  # noqa: BLE001
         return None
@@ -202,7 +203,8 @@ def process_file(config: RunConfig, input_root: Path, output_root: Path, src: st
     result = FileResult(src=src, status="quarantined", size=stat.st_size, mtime_ns=stat.st_mtime_ns)
     worker = worker_for(config)
     try:
-        ds = _read(path)
+        data = path.read_bytes()
+        ds = _read(data)
         if ds is None:
             result.status, result.reason = "skipped", "not DICOM"
             return result
@@ -213,7 +215,7 @@ def process_file(config: RunConfig, input_root: Path, output_root: Path, src: st
             stage(item)
         replace_file_meta(ds)
         dst = output_relpath(item, worker.pseudo)
-        result.sha256 = write_atomic(ds, output_root, dst)
+        result.sha256 = write_atomic(ds, output_root, dst, data)
     except Quarantined as exc:
         result.reason = str(exc)
         return result

@@ -6,12 +6,14 @@ import hashlib
 import io
 import os
 import shutil
+import struct
 from pathlib import Path
 
 from pydicom import dcmwrite
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.filewriter import write_data_element, write_dataset, write_file_meta_info
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from deid import __version__
@@ -71,12 +73,18 @@ def _read_in_another_encoding(ds: FileDataset) -> bool:
     )
 
 
-def _encode(ds: FileDataset) -> bytes:
+#: Explicit VRs whose element header is 12 bytes long (PS3.5 7.1.2).
+_LONG_HEADER_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT"})
+
+
+def _encode(ds: FileDataset, source: bytes | None = None) -> bytes:
     """The file's bytes: zero preamble, ``DICM``, the file meta (validated) and the data set.
 
     pydicom's ``dcmwrite`` does the same after deep-copying the file meta, which costs more
     than the rest of the header together; the meta built by :func:`replace_file_meta` is ours
-    to write as it is. Deflated data sets still go through ``dcmwrite``.
+    to write as it is. Deflated data sets still go through ``dcmwrite``. With ``source``, the
+    bytes the data set was read from, runs of elements no stage touched are copied from it
+    whole (:func:`_splice`); the result is the same bytes pydicom would write.
     """
     syntax = ds.file_meta.TransferSyntaxUID
     if syntax == DeflatedExplicitVRLittleEndian:
@@ -89,8 +97,54 @@ def _encode(ds: FileDataset) -> bytes:
     write_file_meta_info(fp, ds.file_meta, enforce_standard=True)
     if "PixelData" in ds:
         ds["PixelData"].is_undefined_length = syntax.is_compressed
-    write_dataset(fp, ds)
+    same_encoding = ds.original_encoding == (syntax.is_implicit_VR, syntax.is_little_endian)
+    if source is not None and same_encoding and syntax.is_little_endian:
+        _splice(fp, ds, source)
+    else:
+        write_dataset(fp, ds)
     return fp.getvalue()
+
+
+def _splice(fp: DicomBytesIO, ds: FileDataset, source: bytes) -> None:
+    """Write ``ds`` as ``write_dataset`` would, copying runs of untouched raw elements from
+    ``source`` in one slice each and encoding only the elements that changed."""
+    encoding = ds.get("SpecificCharacterSet", "iso8859")
+    run_start = run_end = -1
+    for tag in sorted(ds.keys()):
+        if tag.element == 0 and tag.group > 6:
+            continue  # retired group lengths are not written
+        element = ds.get_item(tag)
+        span = _raw_span(element, tag, fp.is_implicit_VR, source)
+        if span is not None and span[0] == run_end:
+            run_end = span[1]
+            continue
+        if run_end >= 0:
+            fp.write(source[run_start:run_end])
+            run_start = run_end = -1
+        if span is not None:
+            run_start, run_end = span
+        else:
+            write_data_element(fp, element, encoding)
+    if run_end >= 0:
+        fp.write(source[run_start:run_end])
+
+
+def _raw_span(element: object, tag: int, implicit: bool, source: bytes) -> tuple[int, int] | None:
+    """Where a raw, defined-length element lies in ``source`` (header included), or ``None``."""
+    if not isinstance(element, RawDataElement) or element.value_tell is None:
+        return None
+    if element.length == 0xFFFFFFFF or element.value is None or len(element.value) != element.length:
+        return None
+    if implicit:
+        header = 8
+    elif element.VR is None:
+        return None
+    else:
+        header = 12 if element.VR in _LONG_HEADER_VRS else 8
+    start = element.value_tell - header
+    if start < 0 or source[start : start + 4] != struct.pack("<HH", tag >> 16, tag & 0xFFFF):
+        return None
+    return start, element.value_tell + element.length
 
 
 #: Where files are written before they are moved into place, inside the output folder (same
@@ -98,11 +152,13 @@ def _encode(ds: FileDataset) -> bytes:
 STAGING = ".deid-staging"
 
 
-def write_atomic(ds: FileDataset, output_root: Path, relpath: Path) -> str:
+def write_atomic(ds: FileDataset, output_root: Path, relpath: Path, source: bytes | None = None) -> str:
     """Write ``ds`` to ``output_root / relpath`` through a staged file and ``os.replace``.
 
     A killed process leaves either the whole file or none; a staged file it leaves behind is
     removed by the next run (:func:`clear_staging`).
+
+    ``source``, the bytes ``ds`` was read from, lets untouched elements be copied as they are.
 
     Returns
     -------
@@ -112,7 +168,8 @@ def write_atomic(ds: FileDataset, output_root: Path, relpath: Path) -> str:
     if _read_in_another_encoding(ds):
         for _ in ds.iterall():  # decode what is still raw, so it is encoded anew
             pass
-    data = _encode(ds)
+        source = None
+    data = _encode(ds, source)
     path = output_root / relpath
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = output_root / STAGING
