@@ -74,14 +74,16 @@ def run(
     from deid.pipeline import LockedError, RunConfig, default_audit_dir
     from deid.pipeline import run as run_pipeline
 
-    logs.configure(json_logs, verbose)
+    json_lines = logs.configure(json_logs, verbose)
     log = structlog.get_logger()
     try:
         config = RunConfig(profile, options, load_key(key_file), header_only, text_mode, text_fill)
         if dry_run:
             _describe(config, input_dir)
             return
-        summary = run_pipeline(config, input_dir, output_dir, audit_dir, jobs, scheduler)
+        summary = run_pipeline(
+            config, input_dir, output_dir, audit_dir, jobs, scheduler, name_inputs=not json_lines
+        )
     except (ProfileError, KeyFileError, ValueError) as exc:
         log.error("configuration error", reason=str(exc))
         sys.exit(EXIT_CONFIG)

@@ -8,7 +8,7 @@ import sys
 import structlog
 
 
-def configure(json: bool | None = None, verbose: bool = False) -> None:
+def configure(json: bool | None = None, verbose: bool = False) -> bool:
     """Configure structlog for the CLI.
 
     Parameters
@@ -18,6 +18,11 @@ def configure(json: bool | None = None, verbose: bool = False) -> None:
         stderr is a terminal.
     verbose
         Also log debug events (skipped files).
+
+    Returns
+    -------
+    bool
+        Whether the events are JSON lines.
     """
     if json is None:
         json = not sys.stderr.isatty()
@@ -37,3 +42,4 @@ def configure(json: bool | None = None, verbose: bool = False) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+    return json

@@ -283,6 +283,7 @@ def run(
     audit_dir: Path | None = None,
     jobs: int = -1,
     scheduler: str | None = None,
+    name_inputs: bool = False,
 ) -> RunSummary:
     """De-identify every file under ``input_root`` into ``output_root``.
 
@@ -298,6 +299,9 @@ def run(
         Local worker processes (``-1``: all cores).
     scheduler
         A Dask scheduler address (``tcp://host:8786``) or ``local:N``; replaces ``jobs``.
+    name_inputs
+        Name the input path in the event of a file that was not written (for a steward at a
+        terminal; archived JSON logs keep to the keyed token).
 
     Returns
     -------
@@ -341,7 +345,7 @@ def run(
                 for settled in _settle_duplicates(by_dst, result, config, input_root, output_root):
                     token = worker.pseudo.token(f"src:{settled.src}")[:10]
                     ledger.record(settled, token)
-                    _log_result(token, settled)
+                    _log_result(token, settled, name_inputs)
             clear_staging(output_root)
             options = "+".join(worker.profile.options)
             ledger.write_reports(output_root, worker.profile.name, options)
@@ -379,14 +383,14 @@ def _settle_duplicates(
     return [winner, loser]
 
 
-def _log_result(token: str, result: FileResult) -> None:
+def _log_result(token: str, result: FileResult, name_input: bool) -> None:
     """One event per file, without PHI: ``src`` is a keyed token of the input path, which the
-    private ``files.csv`` resolves."""
+    private ``files.csv`` resolves; ``name_input`` adds the path to quarantine events."""
     event = {"src": token, "status": result.status}
     if result.status == "written":
         log.info("file", dst=result.dst, **event)
     elif result.status == "quarantined":
-        log.warning("file", reason=result.reason, **event)
+        log.warning("file", reason=result.reason, **event, **({"input": result.src} if name_input else {}))
     else:
         log.debug("file", reason=result.reason, **event)
 

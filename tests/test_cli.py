@@ -70,3 +70,16 @@ def test_dry_run_describes_the_stages_and_writes_nothing(tmp_path: Path, key_fil
     assert "1. gate:" in result.output and "2. header:" in result.output and "3. text:" in result.output
     assert "13 file(s)" in result.output
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.audit").exists()
+
+
+def test_console_logs_name_the_quarantined_file(tmp_path: Path, key_file: Path):
+    make_inputs(tmp_path / "in")
+    bad = tmp_path / "in" / "DOE_JOHN0_MRN445560" / "IM0001.dcm"
+    bad.write_bytes(bad.read_bytes()[:700])
+    result = subprocess.run(
+        [sys.executable, "-m", "deid.cli", "run", str(tmp_path / "in"), str(tmp_path / "out"),
+         "--key-file", str(key_file), "-j", "1", "--console-logs"],
+        capture_output=True, text=True,
+    )
+    lines = [line for line in result.stderr.splitlines() if "quarantined" in line and "truncated" in line]
+    assert len(lines) == 1 and "DOE_JOHN0_MRN445560/IM0001.dcm" in lines[0]
