@@ -188,5 +188,75 @@ def profiles_show(name: str, options: tuple[str, ...]) -> None:
     )
 
 
+def _shared_option(function):
+    return click.option(
+        "--shared", type=click.Path(exists=True, file_okay=False, path_type=Path), envvar="DEID_SHARED",
+        default="../shared", show_default=True, help="Folder holding cxr/ (the chest radiograph set).",
+    )(function)
+
+
+def _work_option(function):
+    return click.option(
+        "--work", type=click.Path(file_okay=False, path_type=Path), default="runs", show_default=True,
+        help="Working folder for checkpoints and evaluation results.",
+    )(function)
+
+
+def _train_module():
+    try:
+        from deid.train import commands
+    except ImportError as exc:
+        raise click.ClickException(f"{exc}; training needs: pip install 'deid-dicom[train]'") from exc
+    logs.configure()
+    return commands
+
+
+@main.group()
+def model() -> None:
+    """Train, evaluate and export the deformation generator (needs the train extra)."""
+
+
+@model.command("train")
+@_shared_option
+@_work_option
+@click.option("--preset", default="cpu", show_default=True, type=click.Choice(["paper", "cpu"]))
+@click.option("--mu", default=0.01, show_default=True, help="Deformation degree (normalised units).")
+@click.option("--light", is_flag=True, help="The lighter generator (half the channels, a quarter of the FLOPs).")
+@click.option("--seed", default=0, show_default=True)
+def model_train(shared: Path, work: Path, preset: str, mu: float, light: bool, seed: int) -> None:
+    """Train a generator on the train split (pre-training, then against the live critics)."""
+    click.echo(_train_module().train(shared, work, preset, mu, light, seed))
+
+
+@model.command("evaluate")
+@_shared_option
+@_work_option
+@click.option("--preset", default="cpu", show_default=True, type=click.Choice(["paper", "cpu"]))
+@click.option("--runs", default=3, show_default=True, help="Fresh attackers to train.")
+@click.option("--dp-block", default=4, show_default=True, help="DP-Pix cell side, in pixels at the preset size.")
+@click.option("--dp-epsilon", default=0.1, show_default=True)
+@click.argument("anonymizer")
+def model_evaluate(shared: Path, work: Path, preset: str, runs: int, dp_block: int, dp_epsilon: float,
+                   anonymizer: str) -> None:
+    """Measure ANONYMIZER (real, dp-pix, or a generator checkpoint) on the test split."""
+    click.echo(_train_module().evaluate(shared, work, preset, anonymizer, runs, dp_block, dp_epsilon))
+
+
+@model.command("report")
+@_work_option
+def model_report(work: Path) -> None:
+    """Print the evaluation results in WORK as a markdown table."""
+    click.echo(_train_module().report(work))
+
+
+@model.command("export")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default="models/deform.onnx",
+              show_default=True)
+def model_export(checkpoint: Path, out: Path) -> None:
+    """Export CHECKPOINT as one ONNX graph for any image size, checked against torch."""
+    click.echo(_train_module().export_checkpoint(checkpoint, out))
+
+
 if __name__ == "__main__":
     main()
