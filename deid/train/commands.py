@@ -58,7 +58,7 @@ def train(shared: Path, work: Path, preset_name: str, mu: float, light: bool, se
     train_split, val, _ = _splits(shared, p)
     classifier, verifier = critics(work, p, train_split, val)
     started = time.monotonic()
-    deformation = loops.new_deformation(p, mu)
+    deformation = loops.new_deformation(p, mu, seed)
     loops.pretrain_generator(p, deformation, train_split, val, seed)
     loops.train_adversarial(p, deformation, copy.deepcopy(verifier), copy.deepcopy(classifier),
                             train_split, val, seed)

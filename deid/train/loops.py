@@ -36,7 +36,9 @@ def new_classifier(preset: Preset) -> Classifier:
     return Classifier(DenseNet(blocks, growth, width), len(LABELS))
 
 
-def new_deformation(preset: Preset, mu: float) -> Deformation:
+def new_deformation(preset: Preset, mu: float, seed: int = 0) -> Deformation:
+    """A deformation with a freshly initialised generator (initialisation seeded by ``seed``)."""
+    torch.manual_seed(seed)
     features, levels = preset.generator
     return Deformation(UNet(features, levels), mu, preset.generator_size)
 
