@@ -117,7 +117,7 @@ class TextStage:
         source = ds.file_meta.TransferSyntaxUID
         encoding = write_pixels(ds, cleaned if array.ndim == cleaned.ndim else cleaned[0], source)
         ds.BurnedInAnnotation = "NO"
-        _claim_clean_pixel_data(ds)
+        claim_clean_pixel_data(ds)
         layers = [layer for layer, _ in known] + ["ocr"] * len(found)
         counts = ",".join(f"{layer}:{layers.count(layer)}" for layer in dict.fromkeys(layers))
         item.notes.append(f"text regions {counts}; {encoding}")
@@ -139,7 +139,8 @@ class TextStage:
         return list(dict.fromkeys(boxes))
 
 
-def _claim_clean_pixel_data(ds: Dataset) -> None:
+def claim_clean_pixel_data(ds: Dataset) -> None:
+    """Add CID 7050 113101 to the De-identification Method Code Sequence, once."""
     codes = ds.get("DeidentificationMethodCodeSequence")
     if codes is None or any(c.get("CodeValue") == CLEAN_PIXEL_DATA[0] for c in codes):
         return
