@@ -1,0 +1,146 @@
+"""The learned deformation stage: warp eligible radiographs with the exported ONNX generator.
+
+The graph (models/deform.onnx, metadata in models/deform.json) takes ``image`` float32
+[1, 1, height, width] in [0, 1], MONOCHROME2, and returns ``warped`` of the same shape; it
+downsizes, runs the generator, upsamples the displacement and warps at full resolution itself.
+This stage maps stored values to [0, 1] and back (:mod:`deid.pixels.derive`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import threading
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from deid.pixels.derive import WholeImageStage
+from deid.pixels.eligibility import Eligibility, load_eligibility
+from deid.stage import Item
+
+INPUT, OUTPUT = "image", "warped"
+#: Keys the metadata file must hold.
+METADATA_KEYS = ("name", "preset", "mu", "input_size", "sha256")
+
+_SESSIONS: dict[tuple[str, str], tuple[object, str]] = {}
+_LOCK = threading.Lock()
+
+
+def default_model() -> Path:
+    """The shipped model, models/deform.onnx (package ``deid._models``)."""
+    return Path(str(resources.files("deid._models"))) / "deform.onnx"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """An exported deformation model and what its metadata file says of it."""
+
+    path: Path
+    name: str
+    preset: str
+    mu: float
+    input_size: int
+    sha256: str
+
+
+def load_model_info(path: Path) -> ModelInfo:
+    """Read the metadata beside ``path`` (same name, ``.json``) and check it names the file.
+
+    Raises
+    ------
+    ValueError
+        If the model or its metadata is missing or unreadable, a key is missing, or the file's
+        SHA-256 is not the one the metadata gives.
+    """
+    metadata = path.with_suffix(".json")
+    if not path.is_file():
+        raise ValueError(f"deformation model {path} not found: pass --deform-model, or choose --pixels none")
+    try:
+        info = json.loads(metadata.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read the deformation model's metadata {metadata}: {exc}") from None
+    missing = [key for key in METADATA_KEYS if key not in info]
+    if missing:
+        raise ValueError(f"deformation model metadata {metadata} lacks {', '.join(missing)}")
+    if hashlib.sha256(path.read_bytes()).hexdigest() != info["sha256"]:
+        raise ValueError(f"deformation model {path} does not match the sha256 in {metadata.name}")
+    return ModelInfo(path, str(info["name"]), str(info["preset"]), float(info["mu"]), int(info["input_size"]),
+                     str(info["sha256"]))
+
+
+def session(model: ModelInfo) -> tuple[object, str]:
+    """The process's ONNX Runtime session for ``model`` and the provider it runs on.
+
+    Built once per process and model: CUDA first when ONNX Runtime offers it, else CPU; one
+    thread and deterministic kernels, so the same input gives the same output.
+    """
+    key = (str(model.path.resolve()), model.sha256)
+    with _LOCK:
+        if key not in _SESSIONS:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = options.inter_op_num_threads = 1
+            options.use_deterministic_compute = True
+            options.log_severity_level = 3
+            providers = ["CPUExecutionProvider"]
+            if "CUDAExecutionProvider" in ort.get_available_providers():
+                providers.insert(0, "CUDAExecutionProvider")
+            created = ort.InferenceSession(key[0], options, providers=providers)
+            _SESSIONS[key] = (created, created.get_providers()[0])
+        return _SESSIONS[key]
+
+
+class DeformStage(WholeImageStage):
+    """Warp eligible radiographs with the learned deformation.
+
+    Parameters
+    ----------
+    model
+        The ONNX model; default :func:`default_model`. Its metadata lies beside it (``.json``).
+    eligibility
+        Which objects are changed; default the shipped rules/pixel/deform.toml.
+
+    Raises
+    ------
+    ValueError
+        If ONNX Runtime is missing, or the model is missing, does not match its metadata, cannot
+        be loaded or does not have the ``image`` -> ``warped`` interface.
+    """
+
+    name = "deform"
+
+    def __init__(self, model: Path | None = None, eligibility: Eligibility | None = None) -> None:
+        if importlib.util.find_spec("onnxruntime") is None:
+            raise ValueError(
+                "the deformation stage needs ONNX Runtime: pip install 'deid-dicom[cpu]' (or [gpu]), "
+                "or run with --pixels none"
+            )
+        super().__init__(eligibility or load_eligibility())
+        self.model = load_model_info(model or default_model())
+        try:
+            self.session, self.provider = session(self.model)
+        except Exception as exc:  # noqa: BLE001 - any loader failure is a configuration error
+            raise ValueError(f"cannot load deformation model {self.model.path}: {type(exc).__name__}") from None
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if [i.name for i in inputs] != [INPUT] or [o.name for o in outputs] != [OUTPUT] or len(inputs[0].shape) != 4:
+            raise ValueError(f"deformation model {self.model.path} does not take {INPUT!r} [1, 1, H, W] to {OUTPUT!r}")
+
+    def describe(self) -> str:
+        return (
+            f"warp {self.eligibility.describe()} radiographs with the learned deformation "
+            f"{self.model.name} (mu={self.model.mu:g}, on {self.provider}); re-encode losslessly"
+        )
+
+    def transform(self, image: np.ndarray, item: Item) -> np.ndarray:
+        return self.session.run([OUTPUT], {INPUT: image[np.newaxis, np.newaxis]})[0][0, 0]
+
+    def derivation(self) -> str:
+        return f"deid: learned deformation ({self.model.name}, mu={self.model.mu:g})"
+
+    def note(self) -> str:
+        return f"deformation {self.model.name} mu={self.model.mu:g} on {self.provider}"
