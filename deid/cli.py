@@ -45,6 +45,17 @@ def main() -> None:
                    "default: sensitive for radiographs and CT/MR, all otherwise.")
 @click.option("--text-fill", type=click.Choice(["black", "background"]), default="black", show_default=True,
               help="What masked text becomes: black, or the image's background value.")
+@click.option("--pixels", type=click.Choice(["deform", "dp-pix", "none"]), default="deform", show_default=True,
+              help="Whole-image stage after the text stage, on frontal chest radiographs: the learned "
+                   "deformation, DP-Pix, or none.")
+@click.option("--deform-model", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="ONNX deformation model, with its .json metadata beside it; default the shipped "
+                   "models/deform.onnx.")
+@click.option("--deform-rules", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Which objects --pixels changes (TOML like rules/pixel/deform.toml); default the shipped rules.")
+@click.option("--dp-pix-block", default=8, show_default=True, help="DP-Pix cell side, in pixels.")
+@click.option("--dp-pix-epsilon", default=0.1, show_default=True, help="DP-Pix privacy budget.")
+@click.option("--dp-pix-m", default=1.0, show_default=True, help="DP-Pix neighbourhood (pixels that may differ).")
 @click.option("--audit-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Private audit folder (ledger, crosswalks); default OUTPUT_DIR.audit.")
 @click.option("--json-logs/--console-logs", default=None,
@@ -63,6 +74,12 @@ def run(
     header_only: bool,
     text_mode: str | None,
     text_fill: str,
+    pixels: str,
+    deform_model: Path | None,
+    deform_rules: Path | None,
+    dp_pix_block: int,
+    dp_pix_epsilon: float,
+    dp_pix_m: float,
     audit_dir: Path | None,
     json_logs: bool | None,
     verbose: bool,
@@ -77,7 +94,12 @@ def run(
     json_lines = logs.configure(json_logs, verbose)
     log = structlog.get_logger()
     try:
-        config = RunConfig(profile, options, load_key(key_file), header_only, text_mode, text_fill)
+        config = RunConfig(
+            profile, options, load_key(key_file), header_only, text_mode, text_fill, pixels=pixels,
+            deform_model=str(deform_model) if deform_model else None,
+            deform_rules=str(deform_rules) if deform_rules else None,
+            dp_pix=(dp_pix_block, dp_pix_epsilon, dp_pix_m),
+        )
         if dry_run:
             _describe(config, input_dir)
             return
@@ -116,6 +138,7 @@ def _describe(config, input_dir: Path) -> None:
 
     worker = worker_for(config)
     click.echo(f"profile {worker.profile.name}; options: {', '.join(worker.profile.options) or 'none'}")
+    click.echo(f"pixels: {'none (header only)' if config.header_only else config.pixels}")
     for number, stage in enumerate(worker.stages, 1):
         click.echo(f"{number}. {stage.name}: {stage.describe()}")
     click.echo(f"{len(discover(input_dir))} file(s) under the input folder; nothing written")

@@ -36,6 +36,8 @@ from deid.stage import Item, Quarantined, Stage
 from deid.writer import clear_staging, output_relpath, replace_file_meta, write_atomic
 
 LOCK_NAME = ".deid.lock"
+#: Choices of the whole-image pixel stage (``deid run --pixels``).
+PIXEL_STAGES = ("deform", "dp-pix", "none")
 log = structlog.get_logger()
 
 
@@ -61,6 +63,15 @@ class RunConfig:
         Burned-in text mode, ``all`` or ``sensitive``; ``None``: the per-modality default.
     text_fill
         What masked text becomes: ``black`` or ``background``.
+    pixels
+        The whole-image pixel stage after the text stage: ``deform``, ``dp-pix`` or ``none``.
+    deform_model
+        Path of the ONNX deformation model; ``None``: the shipped models/deform.onnx.
+    deform_rules
+        Path of a site's eligibility rules for the whole-image stage; ``None``: the shipped
+        rules/pixel/deform.toml.
+    dp_pix
+        DP-Pix ``(block, epsilon, m)``.
     """
 
     profile: str
@@ -69,21 +80,32 @@ class RunConfig:
     header_only: bool = False
     text_mode: str | None = None
     text_fill: str = "black"
+    pixels: str = "deform"
+    deform_model: str | None = None
+    deform_rules: str | None = None
+    dp_pix: tuple[int, float, float] = (8, 0.1, 1.0)
 
     def fingerprint(self) -> str:
-        """Hash of what decides the output: version, rules, options, key (not revealed)."""
+        """Hash of what decides the output: version, rules, options, stages, model, key (not revealed)."""
         digest = hashlib.sha256()
         switches = "|".join(
             (__version__, self.profile, ",".join(self.options), str(self.header_only), str(self.text_mode),
-             self.text_fill)
+             self.text_fill, self.pixels, ",".join(map(str, self.dp_pix)))
         )
         digest.update(switches.encode())
         for path in sorted(rules_dir().rglob("*")):
             if path.suffix in (".toml", ".json"):
                 digest.update(path.read_bytes())
-        profile_path = Path(self.profile)
-        if profile_path.suffix == ".toml" and profile_path.is_file():
-            digest.update(profile_path.read_bytes())
+        site_files = [Path(self.profile)] if Path(self.profile).suffix == ".toml" else []
+        if self.deform_rules:
+            site_files.append(Path(self.deform_rules))
+        if self.pixels == "deform":
+            from deid.pixels.deform import default_model
+
+            site_files.append(Path(self.deform_model) if self.deform_model else default_model())
+        for path in site_files:
+            if path.is_file():
+                digest.update(path.read_bytes())
         digest.update(Pseudonymizer(self.key).fingerprint().encode())
         return digest.hexdigest()[:16]
 
@@ -110,7 +132,32 @@ def worker_for(config: RunConfig) -> Worker:
         from deid.pixels.text import TextStage  # numpy, OpenCV and OCR only when pixels are cleaned
 
         stages.append(TextStage(config.text_mode, config.text_fill))
+        stages += _whole_image_stages(config, pseudo)
     return Worker(profile, pseudo, tuple(stages))
+
+
+def _whole_image_stages(config: RunConfig, pseudo: Pseudonymizer) -> list[Stage]:
+    """The stage ``config.pixels`` names (none for ``none``).
+
+    Raises
+    ------
+    ValueError
+        If ``pixels`` is unknown, or the stage cannot be built (model, rules, ONNX Runtime).
+    """
+    if config.pixels not in PIXEL_STAGES:
+        raise ValueError(f"unknown pixel stage {config.pixels!r}; choose from {', '.join(PIXEL_STAGES)}")
+    if config.pixels == "none":
+        return []
+    from deid.pixels.eligibility import load_eligibility
+
+    eligibility = load_eligibility(Path(config.deform_rules) if config.deform_rules else None)
+    if config.pixels == "deform":
+        from deid.pixels.deform import DeformStage
+
+        return [DeformStage(Path(config.deform_model) if config.deform_model else None, eligibility)]
+    from deid.pixels.dppix import DpPixStage
+
+    return [DpPixStage(pseudo, *config.dp_pix, eligibility=eligibility)]
 
 
 def discover(root: Path) -> list[str]:
