@@ -23,7 +23,7 @@ from deid.pixels.render import frames_of, to_display
 from deid.pixels.text import line_is_safe
 
 pytest.importorskip("onnxruntime", reason="the text stage needs ONNX Runtime (the cpu extra)")
-CONFIG = RunConfig("basic", (), KEY)
+CONFIG = RunConfig("basic", (), KEY, pixels="none")  # the text stage alone; test_deform runs the stage after it
 
 
 def draw(shape: tuple[int, ...], texts: list[tuple[str, tuple[int, int], int, object]], background) -> np.ndarray:
@@ -193,7 +193,7 @@ def test_cleaned_object_keeps_its_keyed_uid_and_is_deterministic(tmp_path: Path)
 def test_background_fill_takes_the_corner_value(tmp_path: Path):
     pixels = draw((240, 320), [("DOE^JOHN 445566", (60, 100), 24, 255)], 37)
     write(ultrasound(pixels), tmp_path / "in" / "a.dcm")
-    config = RunConfig("basic", (), KEY, text_fill="background")
+    config = RunConfig("basic", (), KEY, text_fill="background", pixels="none")
     result = process_file(config, tmp_path / "in", tmp_path / "out", "a.dcm")
     out = dcmread(tmp_path / "out" / result.dst).pixel_array
     assert (out[100:124, 60:250] == 37).all()
