@@ -246,9 +246,10 @@ def model() -> None:
 @click.option("--mu", default=0.01, show_default=True, help="Deformation degree (normalised units).")
 @click.option("--light", is_flag=True, help="The lighter generator (half the channels, a quarter of the FLOPs).")
 @click.option("--seed", default=0, show_default=True)
-def model_train(shared: Path, work: Path, preset: str, mu: float, light: bool, seed: int) -> None:
+@click.option("--epochs", type=int, help="Adversarial epochs (default: the preset's).")
+def model_train(shared: Path, work: Path, preset: str, mu: float, light: bool, seed: int, epochs: int | None) -> None:
     """Train a generator on the train split (pre-training, then against the live critics)."""
-    click.echo(_train_module().train(shared, work, preset, mu, light, seed))
+    click.echo(_train_module().train(shared, work, preset, mu, light, seed, epochs))
 
 
 @model.command("evaluate")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -52,9 +52,13 @@ def critics(work: Path, p: Preset, train: Split, val: Split, seed: int = 0):
     return classifier, verifier
 
 
-def train(shared: Path, work: Path, preset_name: str, mu: float, light: bool, seed: int) -> Path:
-    """Train one generator (both phases) and save it as ``work/generator-<name>.pt``."""
+def train(shared: Path, work: Path, preset_name: str, mu: float, light: bool, seed: int,
+          epochs: int | None = None) -> Path:
+    """Train one generator (both phases) and save it as ``work/generator-<name>.pt``;
+    ``epochs`` overrides the preset's adversarial epochs."""
     p = preset(preset_name, light)
+    if epochs is not None:
+        p = replace(p, adversarial_epochs=epochs)
     train_split, val, _ = _splits(shared, p)
     classifier, verifier = critics(work, p, train_split, val)
     started = time.monotonic()
@@ -63,7 +67,7 @@ def train(shared: Path, work: Path, preset_name: str, mu: float, light: bool, se
     loops.train_adversarial(p, deformation, copy.deepcopy(verifier), copy.deepcopy(classifier),
                             train_split, val, seed)
     path = work / f"generator-{generator_name(p, mu)}.pt"
-    torch.save({"preset": preset_name, "light": light, "mu": mu, "seed": seed,
+    torch.save({"preset": preset_name, "light": light, "mu": mu, "seed": seed, "epochs": p.adversarial_epochs,
                 "minutes": (time.monotonic() - started) / 60, "state_dict": deformation.generator.state_dict()}, path)
     return path
 
