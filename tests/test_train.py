@@ -116,3 +116,29 @@ def test_export_keeps_height_and_width_symbolic_and_matches_torch(tmp_path):
     checks = export(deformation.eval(), tmp_path / "deform.onnx")
     assert set(checks["parity"]) == {f"{h}x{w}" for h, w in CHECK_SIZES}
     assert max(checks["parity"].values()) <= 1e-4
+
+
+def test_shipped_model_is_symbolic_and_matches_its_checkpoint():
+    ort = pytest.importorskip("onnxruntime")
+    import onnx
+
+    from deid.pixels.deform import default_model
+    from deid.train.commands import load_generator
+    from deid.train.export import _radiograph_like
+
+    model = default_model()
+    if not model.with_suffix(".pt").is_file():
+        pytest.skip("models/deform.pt not found: `deid model export` writes it beside the ONNX graph")
+    dims = [d.dim_param or d.dim_value for d in onnx.load(str(model)).graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, 1, "height", "width"]
+    deformation, _ = load_generator(model.with_suffix(".pt"))
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(1)
+    for h, w in ((256, 256), (1200, 1024), (2500, 2048)):
+        image = _radiograph_like(rng, h, w)
+        got = session.run(["warped"], {"image": image})[0]
+        with torch.no_grad():
+            expected = deformation(torch.from_numpy(image)).numpy()
+        assert got.shape == image.shape
+        assert np.abs(got - expected).max() <= 1e-4
+        assert np.abs(got - image).max() > 1e-3  # the trained warp does move pixels

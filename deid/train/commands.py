@@ -145,7 +145,8 @@ def report(work: Path) -> str:
 
 
 def export_checkpoint(checkpoint: Path, out: Path) -> Path:
-    """Export a generator checkpoint to ``out`` and write its metadata beside it (``.json``)."""
+    """Export a generator checkpoint to ``out``; write its metadata (``.json``) and a copy of the
+    checkpoint (``.pt``, for parity checks and fine-tuning) beside it."""
     from deid.train.export import OPSET, export
 
     deformation, info = load_generator(checkpoint)
@@ -160,4 +161,6 @@ def export_checkpoint(checkpoint: Path, out: Path) -> Path:
         "output": "warped, same shape", **checks,
     }
     out.with_suffix(".json").write_text(json.dumps(metadata, indent=2) + "\n")
+    if checkpoint.resolve() != out.with_suffix(".pt").resolve():
+        out.with_suffix(".pt").write_bytes(checkpoint.read_bytes())
     return out
