@@ -108,9 +108,7 @@ class WholeImageStage:
         scale = UnitScale.of(stored, ds)
         try:
             image = self.transform(scale.to_unit(stored), item)
-        except Quarantined:
-            raise
-        except Exception as exc:  # noqa: BLE001 - never pass an unchanged object as changed
+        except Exception as exc:  # noqa: BLE001 - the transform failed: never let the object through
             raise Quarantined(f"{self.name} stage failed ({type(exc).__name__})") from None
         if image.shape != stored.shape or not np.isfinite(image).all():
             raise Quarantined(f"{self.name} stage returned an image of another shape or non-finite values")
