@@ -121,14 +121,19 @@ def evaluate(shared: Path, work: Path, preset_name: str, anonymizer: str, runs: 
 
 
 def report(work: Path) -> str:
-    """A markdown table of every ``eval-*.json`` in ``work``, real images first."""
+    """A markdown table of every ``eval-*.json`` in ``work``, real images first.
+
+    Besides the pooled AUC (within-source pairs of all sources scored together, which a verifier
+    can lift by scoring whole sources higher), it gives each source's AUC and their mean weighted
+    by genuine pairs.
+    """
     rows = [json.loads(p.read_text()) for p in sorted(work.glob("eval-*.json"))]
     rows.sort(key=lambda r: (r["name"] != "real", r["name"]))
     sources = sorted({s for r in rows for s in r["reid"]["by_source"]})
     lines = [
-        "| anonymizer | generator GFLOP | re-ID AUC (pooled, mean ± std) | "
+        "| anonymizer | generator GFLOP | re-ID AUC pooled (mean ± std) | re-ID AUC per source, weighted | "
         + " | ".join(f"re-ID {s}" for s in sources) + " | class. AUC (mean) |",
-        "|---" * (4 + len(sources)) + "|",
+        "|---" * (5 + len(sources)) + "|",
     ]
     for r in rows:
         reid = r["reid"]
@@ -138,10 +143,17 @@ def report(work: Path) -> str:
         )
         lines[-1] += (
             f"{reid['auc_mean']:.3f} ± {reid['auc_std']:.3f} ({len(reid['auc_runs'])} runs) | "
+            f"{weighted_source_auc(reid):.3f} | "
             + " | ".join("–" if v is None else f"{v:.3f}" for v in per_source)
             + f" | {r['classification']['auc_mean']:.3f} |"
         )
     return "\n".join(lines)
+
+
+def weighted_source_auc(reid: dict) -> float:
+    """The per-source AUCs (each the mean over attackers) weighted by their genuine pairs."""
+    known = [v for v in reid["by_source"].values() if v["auc_mean"] is not None]
+    return sum(v["auc_mean"] * v["genuine_pairs"] for v in known) / sum(v["genuine_pairs"] for v in known)
 
 
 def export_checkpoint(checkpoint: Path, out: Path) -> Path:
