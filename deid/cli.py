@@ -247,9 +247,12 @@ def model() -> None:
 @click.option("--light", is_flag=True, help="The lighter generator (half the channels, a quarter of the FLOPs).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--epochs", type=int, help="Adversarial epochs (default: the preset's).")
-def model_train(shared: Path, work: Path, preset: str, mu: float, light: bool, seed: int, epochs: int | None) -> None:
+@click.option("--keep-last", is_flag=True,
+              help="Keep the last adversarial epoch, not the one with the lowest validation loss.")
+def model_train(shared: Path, work: Path, preset: str, mu: float, light: bool, seed: int, epochs: int | None,
+                keep_last: bool) -> None:
     """Train a generator on the train split (pre-training, then against the live critics)."""
-    click.echo(_train_module().train(shared, work, preset, mu, light, seed, epochs))
+    click.echo(_train_module().train(shared, work, preset, mu, light, seed, epochs, keep_last))
 
 
 @model.command("evaluate")

@@ -32,8 +32,8 @@ def _splits(shared: Path, p: Preset) -> tuple[Split, Split, Split]:
     return tuple(load_split(root, name, p.size) for name in ("train", "val", "test"))  # type: ignore[return-value]
 
 
-def generator_name(p: Preset, mu: float) -> str:
-    return f"{p.name}-mu{mu:g}"
+def generator_name(p: Preset, mu: float, keep_last: bool = False) -> str:
+    return f"{p.name}-mu{mu:g}" + ("-last" if keep_last else "")
 
 
 def critics(work: Path, p: Preset, train: Split, val: Split, seed: int = 0):
@@ -53,9 +53,10 @@ def critics(work: Path, p: Preset, train: Split, val: Split, seed: int = 0):
 
 
 def train(shared: Path, work: Path, preset_name: str, mu: float, light: bool, seed: int,
-          epochs: int | None = None) -> Path:
+          epochs: int | None = None, keep_last: bool = False) -> Path:
     """Train one generator (both phases) and save it as ``work/generator-<name>.pt``;
-    ``epochs`` overrides the preset's adversarial epochs."""
+    ``epochs`` overrides the preset's adversarial epochs; ``keep_last`` keeps the last epoch's
+    generator instead of the one with the lowest validation loss (and adds ``-last`` to the name)."""
     p = preset(preset_name, light)
     if epochs is not None:
         p = replace(p, adversarial_epochs=epochs)
@@ -65,9 +66,10 @@ def train(shared: Path, work: Path, preset_name: str, mu: float, light: bool, se
     deformation = loops.new_deformation(p, mu, seed)
     loops.pretrain_generator(p, deformation, train_split, val, seed)
     loops.train_adversarial(p, deformation, copy.deepcopy(verifier), copy.deepcopy(classifier),
-                            train_split, val, seed)
-    path = work / f"generator-{generator_name(p, mu)}.pt"
+                            train_split, val, seed, keep_best=not keep_last)
+    path = work / f"generator-{generator_name(p, mu, keep_last)}.pt"
     torch.save({"preset": preset_name, "light": light, "mu": mu, "seed": seed, "epochs": p.adversarial_epochs,
+                "keep_last": keep_last,
                 "minutes": (time.monotonic() - started) / 60, "state_dict": deformation.generator.state_dict()}, path)
     return path
 
@@ -102,8 +104,8 @@ def evaluate(shared: Path, work: Path, preset_name: str, anonymizer: str, runs: 
     else:
         deformation, checkpoint = load_generator(Path(anonymizer))
         gp = preset(checkpoint["preset"], checkpoint["light"])
-        name = generator_name(gp, checkpoint["mu"])
-        info.update(mu=checkpoint["mu"], generator=gp.generator, generator_size=gp.generator_size,
+        name = generator_name(gp, checkpoint["mu"], checkpoint.get("keep_last", False))
+        info.update(epochs=checkpoint.get("epochs"), mu=checkpoint["mu"], generator=gp.generator, generator_size=gp.generator_size,
                     gflop=generator_gflop(deformation.generator, gp.generator_size),
                     parameters=parameter_count(deformation.generator),
                     train_minutes=checkpoint.get("minutes"))
@@ -165,7 +167,7 @@ def export_checkpoint(checkpoint: Path, out: Path) -> Path:
     p = preset(info["preset"], info["light"])
     checks = export(deformation, out)
     metadata = {
-        "name": generator_name(p, info["mu"]), "preset": p.name, "mu": info["mu"],
+        "name": generator_name(p, info["mu"], info.get("keep_last", False)), "preset": p.name, "mu": info["mu"],
         "input_size": p.generator_size, "generator": {"features": p.generator[0], "levels": p.generator[1]},
         "parameters": parameter_count(deformation.generator),
         "gflop": round(generator_gflop(deformation.generator, p.generator_size), 4),

@@ -65,10 +65,11 @@ def _batches(n: int, size: int) -> Iterator[slice]:
 
 
 def _early_stopping(
-    model: torch.nn.Module, epochs: int, patience: int, epoch: Callable[[int], float], what: str
+    model: torch.nn.Module, epochs: int, patience: int, epoch: Callable[[int], float], what: str,
+    keep_best: bool = True,
 ) -> tuple[torch.nn.Module, float]:
     """Run ``epoch(i)`` (returns the validation loss) until ``patience`` epochs bring no better
-    loss; load the best weights back."""
+    loss; load the best weights back (or, without ``keep_best``, keep the last)."""
     best, best_state, waited = float("inf"), copy.deepcopy(model.state_dict()), 0
     for i in range(epochs):
         loss = epoch(i)
@@ -79,7 +80,8 @@ def _early_stopping(
             waited += 1
             if waited >= patience:
                 break
-    model.load_state_dict(best_state)
+    if keep_best:
+        model.load_state_dict(best_state)
     return model.eval(), best
 
 
@@ -192,14 +194,16 @@ def pretrain_generator(preset: Preset, deformation: Deformation, train: Split, v
 
 def train_adversarial(
     preset: Preset, deformation: Deformation, verifier: SiameseVerifier, classifier: Classifier,
-    train: Split, val: Split, seed: int,
+    train: Split, val: Split, seed: int, keep_best: bool = True,
 ) -> Deformation:
     """Phase 2: the generator against the live attacker and classifier.
 
     Generator loss = masked BCE of the classifier on the deformed first image + mean of
     -log(1 - verifier(deformed x1, real x2)) over all pairs. After each generator step the
     verifier (Adam, BCE on the pair labels) and the classifier (Adam, masked BCE) take one step
-    on the deformed images. The generator with the lowest validation loss is kept.
+    on the deformed images. The generator with the lowest validation loss is kept (as published),
+    or the last one without ``keep_best``: the live critics keep improving, so the published rule
+    favours early epochs.
     """
     rng = seed_everything(seed)
     g_opt = torch.optim.Adam(deformation.generator.parameters(), lr=preset.lr)
@@ -246,7 +250,9 @@ def train_adversarial(
                 total.append((utility + privacy).item() * (b.stop - b.start))
         return sum(total) / len(val_pairs)
 
-    return _early_stopping(deformation, preset.adversarial_epochs, preset.adversarial_epochs, epoch, "adversarial")[0]
+    return _early_stopping(
+        deformation, preset.adversarial_epochs, preset.adversarial_epochs, epoch, "adversarial", keep_best
+    )[0]
 
 
 @torch.no_grad()
