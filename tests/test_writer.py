@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 
 from conftest import KEY
 from deid.pipeline import RunConfig, _read, _settle_transfer_syntax, worker_for
