@@ -15,18 +15,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from datetime import date
 from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian
 
+import record
 from deid.pixels.deform import DeformStage
 from deid.stage import Item
 
@@ -109,10 +107,7 @@ def main() -> None:
     text_out = "\n".join(lines)
     print(text_out)
     if args.record:
-        header = (f"\n## Deformation stage, {date.today()}\n\nMachine: {platform.machine()}, {os.cpu_count()} cores, "
-                  f"{platform.processor() or 'CPU'}. Command: `python benchmarks/bench_deform.py {' '.join(sys.argv[1:])}`\n\n")
-        with args.record.open("a") as handle:
-            handle.write(header + text_out + "\n")
+        record.append(args.record, "Deformation stage", text_out)
 
 
 if __name__ == "__main__":

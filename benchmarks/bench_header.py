@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import statistics
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from datetime import date
 from pathlib import Path
+
+import record
 
 CACHE = Path.home() / ".cache" / "deid-bench"
 SCRATCH = Path("/dev/shm/deid-bench") if Path("/dev/shm").is_dir() else Path("/tmp/deid-bench")
@@ -196,15 +196,7 @@ def main() -> None:
     text = "\n".join(table)
     print(text)
     if args.record:
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), platform.processor())
-        header = (
-            f"\n## Header-only throughput, {date.today()}\n\nMachine: {platform.machine()}, {cpu}, "
-            f"{os.cpu_count()} cores; Python {platform.python_version()}. Command: "
-            f"`python benchmarks/bench_header.py {' '.join(sys.argv[1:])}`\n\n"
-        )
-        with args.record.open("a") as handle:
-            handle.write(header + text + "\n")
+        record.append(args.record, "Header-only throughput", text)
 
 
 if __name__ == "__main__":

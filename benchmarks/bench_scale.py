@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import time
-from datetime import date
 from pathlib import Path
+
+import record
 
 SCRATCH = Path("/dev/shm/deid-scale") if Path("/dev/shm").is_dir() else Path("/tmp/deid-scale")
 _MEASURE = (
@@ -70,10 +70,7 @@ def main() -> None:
         text.append(f"memory flat as the corpus grows: {files} files {peak1:.0f} MB, {files4} files {peak4:.0f} MB")
     print("\n".join(text))
     if args.record:
-        header = (f"\n## Scale-out and incremental runs, {date.today()}\n\nMachine: {platform.machine()}, "
-                  f"{os.cpu_count()} cores. Command: `python benchmarks/bench_scale.py {' '.join(sys.argv[1:])}`\n\n")
-        with args.record.open("a") as handle:
-            handle.write(header + "\n".join(text) + "\n")
+        record.append(args.record, "Scale-out and incremental runs", "\n".join(text))
 
 
 if __name__ == "__main__":

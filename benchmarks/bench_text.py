@@ -11,12 +11,8 @@ one warm-up; the table gives seconds per object and the share spent in the OCR d
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
-import sys
 import time
-from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian, UltrasoundMultiFrameImageStorage
 
+import record
 from deid.pixels import ocr, text
 from deid.stage import Item
 
@@ -108,10 +105,7 @@ def main() -> None:
     text_out = "\n".join(lines)
     print(text_out)
     if args.record:
-        header = (f"\n## Burned-in text stage, {date.today()}\n\nMachine: {platform.machine()}, {os.cpu_count()} cores, "
-                  f"one ONNX Runtime thread. Command: `python benchmarks/bench_text.py {' '.join(sys.argv[1:])}`\n\n")
-        with args.record.open("a") as handle:
-            handle.write(header + text_out + "\n")
+        record.append(args.record, "Burned-in text stage", text_out, "one ONNX Runtime thread")
 
 
 if __name__ == "__main__":
