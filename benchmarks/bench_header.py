@@ -6,10 +6,13 @@ Usage::
         [--record benchmarks/RESULTS.md]
 
 Every tool runs as one process on one core over the same corpus (make it with make_corpus.py),
-writing to tmpfs so the figures measure the tools, not the disk. Rows alternate with the floor
+writing to tmpfs so the figures measure the tools, not the disk; one more row runs deid with its
+default worker count (every core), as a steward would. Rows alternate with the floor
 (A B A B ...) and each ratio is taken pair by pair, so drift in machine speed cancels out.
 Each peer lives in its own virtual environment under ~/.cache/deid-bench (pydicom/deid installs
 an import package ``deid`` of its own). Peak memory is the child's maximum resident set size.
+The last column counts the DICOM files each tool wrote, so a tool that stops at the first input
+it cannot handle shows as such instead of as fast.
 """
 
 from __future__ import annotations
@@ -46,10 +49,23 @@ for path in sorted(p for p in src.rglob("*") if p.is_file()):
 
 #: Per peer: pip requirement and a driver that de-identifies IN into OUT with its defaults.
 PEERS = {
+    # dicognito's own command line aborts the whole run at the first object it cannot handle
+    # (one without a SOP Instance UID): drive its Anonymizer as that command does, file by file.
     "dicognito": ("dicognito", """
-import runpy, sys
-sys.argv = ["dicognito", "-q", "-o", sys.argv[2], sys.argv[1]]
-runpy.run_module("dicognito", run_name="__main__")
+import sys
+from pathlib import Path
+import pydicom
+from dicognito.anonymizer import Anonymizer
+src, dst = Path(sys.argv[1]), Path(sys.argv[2])
+dst.mkdir(parents=True, exist_ok=True)
+anonymizer = Anonymizer()
+for path in sorted(p for p in src.rglob("*") if p.is_file()):
+    try:
+        with pydicom.dcmread(path) as ds:
+            anonymizer.anonymize(ds)
+            ds.save_as(dst / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+    except Exception:
+        pass
 """),
     "dicom-anonymizer": ("dicom-anonymizer", """
 import sys
@@ -87,6 +103,7 @@ class Timing:
     wall: float
     cpu: float
     peak_mb: float
+    written: int = 0
 
 
 #: Runs a command and reports its own children's CPU time and peak RSS (KiB) on stderr.
@@ -104,7 +121,8 @@ def timed(command: list[str], env: dict[str, str] | None = None) -> Timing:
     done = subprocess.run([sys.executable, "-c", _MEASURE, *command], env=env, stderr=subprocess.PIPE, text=True)
     wall = time.perf_counter() - start
     cpu, peak_kib = done.stderr.split()[-2:]
-    return Timing(wall, float(cpu), int(peak_kib) / 1024)
+    written = sum(1 for _ in (SCRATCH / "out").rglob("*.dcm"))  # a tool that stops early shows here
+    return Timing(wall, float(cpu), int(peak_kib) / 1024, written)
 
 
 def peer_python(name: str, requirement: str) -> Path | None:
@@ -137,8 +155,10 @@ def commands(corpus: Path, peers: list[str], key: Path) -> dict[str, list[str]]:
     deid = shutil.which("deid")
     rows = {}
     if deid:
-        rows["deid run --header-only -j 1"] = [deid, "run", str(corpus), str(SCRATCH / "out"),
-                                              "--header-only", "-j", "1", "--key-file", str(key)]
+        base = [deid, "run", str(corpus), str(SCRATCH / "out"), "--header-only", "--key-file", str(key)]
+        rows["deid run --header-only -j 1"] = [*base, "-j", "1"]
+        # The peers have no parallel mode; deid's default uses every core.
+        rows[f"deid run --header-only (default: {os.cpu_count()} workers)"] = base
     for name in peers:
         requirement, driver = PEERS[name]
         python = peer_python(name, requirement)
@@ -178,20 +198,20 @@ def main() -> None:
     table = [
         f"corpus: {args.corpus} ({files} files, {size_mb:.0f} MB); {args.runs} paired runs; medians",
         "",
-        "| tool | wall s | CPU s | files/s | ratio to floor (paired) | peak RSS MB |",
-        "|---|---|---|---|---|---|",
+        "| tool | wall s | CPU s | files/s | ratio to floor (paired) | peak RSS MB | DICOM files written |",
+        "|---|---|---|---|---|---|---|",
     ]
     floor_wall = statistics.median(t.wall for t in floors)
     table.append(
         f"| pydicom read+write (floor) | {floor_wall:.2f} | {statistics.median(t.cpu for t in floors):.2f} "
-        f"| {files / floor_wall:.0f} | 1.00 | {max(t.peak_mb for t in floors):.0f} |"
+        f"| {files / floor_wall:.0f} | 1.00 | {max(t.peak_mb for t in floors):.0f} | {min(t.written for t in floors)} |"
     )
     for name, pairs in results.items():
         wall = statistics.median(t.wall for t, _ in pairs)
         ratio = statistics.median(t.wall / f.wall for t, f in pairs)
         table.append(
             f"| {name} | {wall:.2f} | {statistics.median(t.cpu for t, _ in pairs):.2f} | {files / wall:.0f} "
-            f"| {ratio:.2f} | {max(t.peak_mb for t, _ in pairs):.0f} |"
+            f"| {ratio:.2f} | {max(t.peak_mb for t, _ in pairs):.0f} | {min(t.written for t, _ in pairs)} |"
         )
     text = "\n".join(table)
     print(text)

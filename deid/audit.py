@@ -70,6 +70,7 @@ CREATE TABLE IF NOT EXISTS files(
     dst TEXT, sha256 TEXT, sop_class TEXT, stages TEXT, reason TEXT, notes TEXT);
 CREATE TABLE IF NOT EXISTS patients(id_old TEXT PRIMARY KEY, id_new TEXT);
 CREATE TABLE IF NOT EXISTS uids(id_old TEXT PRIMARY KEY, id_new TEXT);
+CREATE TABLE IF NOT EXISTS configs(config TEXT PRIMARY KEY, profile TEXT, options TEXT);
 """
 
 
@@ -107,13 +108,22 @@ class Ledger:
             if status != "written" or (output_root / dst).is_file()
         }
 
+    def profile(self) -> tuple[str, tuple[str, ...]] | None:
+        """The profile name and options of this configuration, once a run has compiled it."""
+        row = self.db.execute("SELECT profile, options FROM configs WHERE config = ?", (self.config,)).fetchone()
+        return None if row is None else (row[0], tuple(filter(None, row[1].split("+"))))
+
+    def set_profile(self, name: str, options: Iterable[str]) -> None:
+        """Remember what this configuration's profile is called and which options it applies."""
+        self.db.execute("INSERT OR REPLACE INTO configs VALUES (?, ?, ?)", (self.config, name, "+".join(options)))
+
     def status_counts(self, sources: Iterable[str]) -> dict[str, int]:
         """Counts per status over ``sources``."""
+        wanted = set(sources)
         counts = dict.fromkeys(STATUSES, 0)
-        for src in sources:
-            row = self.db.execute("SELECT status FROM files WHERE src = ?", (src,)).fetchone()
-            if row:
-                counts[row[0]] += 1
+        for src, status in self.db.execute("SELECT src, status FROM files"):
+            if src in wanted:
+                counts[status] += 1
         return counts
 
     def record(self, result: FileResult, token: str) -> None:

@@ -134,7 +134,8 @@ def run(
 
 def _describe(config, input_dir: Path) -> None:
     """Print the stages a run would apply and how many files it would look at."""
-    from deid.pipeline import discover, worker_for
+    from deid.pipeline import discover
+    from deid.process import worker_for
 
     worker = worker_for(config)
     click.echo(f"profile {worker.profile.name}; options: {', '.join(worker.profile.options) or 'none'}")

@@ -1,43 +1,32 @@
 """``deid run``: discover, read, gate, stages, write, audit.
 
-The driver lists the inputs, skips those the ledger says are done, and hands the rest to
-joblib workers. Each worker builds its stages once (per configuration) and returns a
-:class:`~deid.audit.FileResult` per file; only the driver writes the ledger and the reports.
+The driver lists the inputs, skips those the ledger says are done, and hands the rest to the
+workers (:mod:`deid.process`), in process, on joblib's local workers or on Dask. Only the driver
+writes the ledger and the reports. It loads pydicom and the stages only when there is work, so
+that a nightly run over an unchanged tree finishes in a fraction of a second.
 """
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
-import io
 import os
+import stat
 import time
-import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache, partial
+from functools import partial
 from pathlib import Path
 
 import structlog
-from pydicom import dcmread
-from pydicom.dataelem import RawDataElement
-from pydicom.errors import InvalidDicomError
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from tqdm import tqdm
 
-from deid import __version__
 from deid.audit import STATUSES, FileResult, Ledger
+from deid.config import RunConfig
 from deid.executors import run_dask, run_local
-from deid.gate import Gate
-from deid.header.engine import HeaderEngine
-from deid.header.profiles import Profile, load_profile, rules_dir
 from deid.header.pseudonyms import Pseudonymizer
-from deid.header.stage import HeaderStage
-from deid.stage import Item, Quarantined, Stage
-from deid.writer import clear_staging, output_relpath, replace_file_meta, write_atomic
+from deid.staging import clear_staging
 
 LOCK_NAME = ".deid.lock"
-#: Choices of the whole-image pixel stage (``deid run --pixels``).
-PIXEL_STAGES = ("deform", "dp-pix", "none")
 log = structlog.get_logger()
 
 
@@ -45,238 +34,26 @@ class LockedError(RuntimeError):
     """Another run holds the lock on this output folder."""
 
 
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything a worker needs to process a file; picklable and hashable.
-
-    Attributes
-    ----------
-    profile
-        Profile name or path.
-    options
-        Options added to the profile's own.
-    key
-        The secret key.
-    header_only
-        Skip every pixel stage (objects that need pixel cleaning are then quarantined).
-    text_mode
-        Burned-in text mode, ``all`` or ``sensitive``; ``None``: the per-modality default.
-    text_fill
-        What masked text becomes: ``black`` or ``background``.
-    pixels
-        The whole-image pixel stage after the text stage: ``deform``, ``dp-pix`` or ``none``.
-    deform_model
-        Path of the ONNX deformation model; ``None``: the shipped models/deform.onnx.
-    deform_rules
-        Path of a site's eligibility rules for the whole-image stage; ``None``: the shipped
-        rules/pixel/deform.toml.
-    dp_pix
-        DP-Pix ``(block, epsilon, m)``.
-    """
-
-    profile: str
-    options: tuple[str, ...]
-    key: bytes
-    header_only: bool = False
-    text_mode: str | None = None
-    text_fill: str = "black"
-    pixels: str = "deform"
-    deform_model: str | None = None
-    deform_rules: str | None = None
-    dp_pix: tuple[int, float, float] = (8, 0.1, 1.0)
-
-    def fingerprint(self) -> str:
-        """Hash of what decides the output: version, rules, options, stages, model, key (not revealed)."""
-        digest = hashlib.sha256()
-        switches = "|".join(
-            (__version__, self.profile, ",".join(self.options), str(self.header_only), str(self.text_mode),
-             self.text_fill, self.pixels, ",".join(map(str, self.dp_pix)))
-        )
-        digest.update(switches.encode())
-        for path in sorted(rules_dir().rglob("*")):
-            if path.suffix in (".toml", ".json"):
-                digest.update(path.read_bytes())
-        site_files = [Path(self.profile)] if Path(self.profile).suffix == ".toml" else []
-        if self.deform_rules:
-            site_files.append(Path(self.deform_rules))
-        if self.pixels == "deform":
-            from deid.pixels.deform import default_model
-
-            site_files.append(Path(self.deform_model) if self.deform_model else default_model())
-        for path in site_files:
-            if path.is_file():
-                digest.update(path.read_bytes())
-        digest.update(Pseudonymizer(self.key).fingerprint().encode())
-        return digest.hexdigest()[:16]
-
-
-@dataclass
-class Worker:
-    """The per-process state built once per configuration: profile, key and stages."""
-
-    profile: Profile
-    pseudo: Pseudonymizer
-    stages: tuple[Stage, ...]
-
-
-@lru_cache(maxsize=4)
-def worker_for(config: RunConfig) -> Worker:
-    """Build (once per process) the stages for ``config``."""
-    profile = load_profile(config.profile, config.options)
-    pseudo = Pseudonymizer(config.key)
-    stages: list[Stage] = [
-        Gate(profile, pixel_cleaning=not config.header_only),
-        HeaderStage(HeaderEngine(profile, pseudo)),
-    ]
-    if not config.header_only:
-        from deid.pixels.text import TextStage  # numpy, OpenCV and OCR only when pixels are cleaned
-
-        stages.append(TextStage(config.text_mode, config.text_fill))
-        stages += _whole_image_stages(config, pseudo)
-    return Worker(profile, pseudo, tuple(stages))
-
-
-def _whole_image_stages(config: RunConfig, pseudo: Pseudonymizer) -> list[Stage]:
-    """The stage ``config.pixels`` names (none for ``none``).
-
-    Raises
-    ------
-    ValueError
-        If ``pixels`` is unknown, or the stage cannot be built (model, rules, ONNX Runtime).
-    """
-    if config.pixels not in PIXEL_STAGES:
-        raise ValueError(f"unknown pixel stage {config.pixels!r}; choose from {', '.join(PIXEL_STAGES)}")
-    if config.pixels == "none":
-        return []
-    from deid.pixels.eligibility import load_eligibility
-
-    eligibility = load_eligibility(Path(config.deform_rules) if config.deform_rules else None)
-    if config.pixels == "deform":
-        from deid.pixels.deform import DeformStage
-
-        return [DeformStage(Path(config.deform_model) if config.deform_model else None, eligibility)]
-    from deid.pixels.dppix import DpPixStage
-
-    return [DpPixStage(pseudo, *config.dp_pix, eligibility=eligibility)]
+def inventory(root: Path) -> dict[str, tuple[int, int]]:
+    """Every regular file under ``root`` (symbolic links are not followed), by relative path in
+    sorted order, with the size and modification time that resume compares."""
+    found = {}
+    prefix = len(str(root).rstrip("/")) + 1
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            try:
+                info = os.lstat(path)
+            except FileNotFoundError:  # gone since it was listed
+                continue
+            if stat.S_ISREG(info.st_mode):
+                found[path[prefix:]] = (info.st_size, info.st_mtime_ns)
+    return dict(sorted(found.items()))
 
 
 def discover(root: Path) -> list[str]:
     """Every regular file under ``root`` (symbolic links are not followed), sorted, relative."""
-    found = []
-    for folder, dirs, files in os.walk(root):
-        dirs.sort()
-        for name in files:
-            path = Path(folder) / name
-            if path.is_file() and not path.is_symlink():
-                found.append(path.relative_to(root).as_posix())
-    return sorted(found)
-
-
-def _read(data: bytes):
-    """Read a DICOM file's bytes; return ``None`` for non-DICOM; raise Quarantined when broken."""
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            ds = dcmread(io.BytesIO(data))
-    except InvalidDicomError:
-        pass
-    except Exception as exc:  # noqa: BLE001 - any parser failure means unreadable
-        raise Quarantined(f"unreadable DICOM ({type(exc).__name__})") from None
-    else:
-        if any("End of file reached" in str(w.message) for w in caught):
-            raise Quarantined("truncated file")
-        _check_complete(ds, len(data))
-        return ds
-    try:  # no preamble: accept only if it parses as a data set with an SOP class
-        ds = dcmread(io.BytesIO(data), force=True)
-        return ds if "SOPClassUID" in ds else None
-    except Exception:  # noqa: BLE001
-        return None
-
-
-def _check_complete(ds, size: int) -> None:
-    """Quarantine a file whose last element is cut short or that has unparsed bytes at its end."""
-    if not ds.keys() or getattr(ds.file_meta, "TransferSyntaxUID", "").endswith("1.2.1.99"):
-        return  # deflated: the stream length says nothing about the file length
-    last = ds.get_item(list(ds.keys())[-1])
-    if not isinstance(last, RawDataElement) or last.length == 0xFFFFFFFF or last.value_tell is None:
-        return
-    if len(last.value or b"") < last.length or last.value_tell + last.length < size:
-        raise Quarantined("truncated file")
-
-
-def _settle_transfer_syntax(ds) -> None:
-    """Make the file meta name the transfer syntax the data set was really read with.
-
-    Raises
-    ------
-    Quarantined
-        If the pixel data is encapsulated in a transfer syntax pydicom does not know.
-    """
-    transfer_syntax = getattr(ds.file_meta, "TransferSyntaxUID", None)
-    if transfer_syntax is not None and transfer_syntax.is_transfer_syntax:
-        return
-    if "PixelData" in ds and ds["PixelData"].is_undefined_length:
-        raise Quarantined("encapsulated pixel data in an unknown transfer syntax")
-    implicit, little = ds.original_encoding
-    ds.file_meta.TransferSyntaxUID = (
-        ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
-    )
-
-
-def _check_pixels(ds) -> None:
-    """Quarantine objects whose native pixel data is shorter than the header says."""
-    if "PixelData" not in ds or ds.file_meta.TransferSyntaxUID.is_compressed:
-        return
-    try:
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        expected = (
-            ds.Rows * ds.Columns * ds.SamplesPerPixel * frames * ds.BitsAllocated + 7
-        ) // 8
-    except (AttributeError, TypeError, ValueError):
-        raise Quarantined("pixel data without a valid image pixel description") from None
-    pixel_data = ds.get_item(0x7FE00010)
-    if len(pixel_data.value or b"") < expected:
-        raise Quarantined("truncated pixel data")
-
-
-def process_file(config: RunConfig, input_root: Path, output_root: Path, src: str) -> FileResult:
-    """Take one input file to its end: written, quarantined or skipped.
-
-    Never raises for a bad input: every failure becomes a quarantine with a reason.
-    """
-    path = input_root / src
-    stat = path.stat()
-    result = FileResult(src=src, status="quarantined", size=stat.st_size, mtime_ns=stat.st_mtime_ns)
-    worker = worker_for(config)
-    try:
-        data = path.read_bytes()
-        ds = _read(data)
-        if ds is None:
-            result.status, result.reason = "skipped", "not DICOM"
-            return result
-        _settle_transfer_syntax(ds)
-        _check_pixels(ds)
-        item = Item(ds)
-        for stage in worker.stages:
-            stage(item)
-        replace_file_meta(ds)
-        dst = output_relpath(item, worker.pseudo)
-        result.sha256 = write_atomic(ds, output_root, dst, data)
-    except Quarantined as exc:
-        result.reason = str(exc)
-        return result
-    except Exception as exc:  # noqa: BLE001 - fail closed on anything unexpected
-        result.reason = f"internal error ({type(exc).__name__}); nothing written"
-        return result
-    result.status = "written"
-    result.dst = dst.as_posix()
-    result.sop_class = str(ds.SOPClassUID)
-    result.stages = tuple(item.stages)
-    result.notes = "; ".join(item.notes)
-    result.uid_pairs = item.uid_pairs
-    result.patient_pair = item.patient_pair
-    return result
+    return list(inventory(root))
 
 
 @dataclass
@@ -369,50 +146,63 @@ def run(
         raise ValueError("the audit folder must lie outside the output folder")
     if input_root.is_relative_to(output_root) or output_root.is_relative_to(input_root):
         raise ValueError("input and output folders must not contain each other")
-    worker = worker_for(config)  # fail early on a bad profile
     with AuditLock(audit_dir):
-        output_root.mkdir(parents=True, exist_ok=True)
-        clear_staging(output_root)
         ledger = Ledger(audit_dir, config.fingerprint())
         try:
-            sources = discover(input_root)
+            sources = inventory(input_root)
             finished = ledger.finished(output_root)
-            todo = []
-            for src in sources:
-                stat = (input_root / src).stat()
-                if finished.get(src) != (stat.st_size, stat.st_mtime_ns):
-                    todo.append(src)
-            by_dst: dict[str, FileResult] = {}
-            process = partial(process_file, config, input_root, output_root)
-            if scheduler:
-                results = run_dask(process, todo, scheduler)
-            else:
-                results = run_local(process, todo, jobs)
-            for result in tqdm(results, total=len(todo), disable=None, unit="file"):
-                for settled in _settle_duplicates(by_dst, result, config, input_root, output_root):
-                    token = worker.pseudo.token(f"src:{settled.src}")[:10]
-                    ledger.record(settled, token)
-                    _log_result(token, settled, name_inputs)
+            todo = [src for src, seen in sources.items() if finished.get(src) != seen]
+            profile = ledger.profile()
+            if todo or profile is None:
+                from deid.process import worker_for
+
+                worker = worker_for(config)  # fail early on a bad profile or model, before OUT is made
+                profile = (worker.profile.name, worker.profile.options)
+                ledger.set_profile(*profile)
+            output_root.mkdir(parents=True, exist_ok=True)
             clear_staging(output_root)
-            options = "+".join(worker.profile.options)
-            ledger.write_reports(output_root, worker.profile.name, options)
+            if todo:
+                _process(config, todo, input_root, output_root, ledger, jobs, scheduler, name_inputs)
+            clear_staging(output_root)
+            name, options = profile
+            ledger.write_reports(output_root, name, "+".join(options))
             counts = ledger.status_counts(sources)
             summary = RunSummary(counts, len(todo), len(sources) - len(todo), time.monotonic() - started)
             ledger.write_summary(
                 {"counts": counts, "processed": summary.processed, "resumed": summary.resumed,
-                 "profile": worker.profile.name, "options": list(worker.profile.options)}
+                 "profile": name, "options": list(options)}
             )
         finally:
             ledger.close()
     return summary
 
 
-def _settle_duplicates(
-    by_dst: dict[str, FileResult],
-    result: FileResult,
+def _process(
     config: RunConfig,
+    todo: list[str],
     input_root: Path,
     output_root: Path,
+    ledger: Ledger,
+    jobs: int,
+    scheduler: str | None,
+    name_inputs: bool,
+) -> None:
+    """Run ``todo`` through the workers; record and log each result as it arrives."""
+    from deid.process import process_file  # pydicom and the stages: only when there is work
+
+    pseudo = Pseudonymizer(config.key)
+    process = partial(process_file, config, input_root, output_root)
+    results = run_dask(process, todo, scheduler) if scheduler else run_local(process, todo, jobs)
+    by_dst: dict[str, FileResult] = {}
+    for result in tqdm(results, total=len(todo), disable=None, unit="file"):
+        for settled in _settle_duplicates(by_dst, result, process):
+            token = pseudo.token(f"src:{settled.src}")[:10]
+            ledger.record(settled, token)
+            _log_result(token, settled, name_inputs)
+
+
+def _settle_duplicates(
+    by_dst: dict[str, FileResult], result: FileResult, process: Callable[[str], FileResult]
 ) -> list[FileResult]:
     """Keep one output per SOP instance: of inputs that map to the same path, the first by
     input path is written (again, as a later duplicate may have replaced it) and the others
@@ -423,7 +213,7 @@ def _settle_duplicates(
     if first is result:
         return [result]
     winner, loser = sorted((first, result), key=lambda r: r.src)
-    winner = process_file(config, input_root, output_root, winner.src)
+    winner = process(winner.src)
     by_dst[result.dst] = winner
     loser.status, loser.dst, loser.sha256, loser.uid_pairs = "quarantined", "", "", {}
     loser.reason = "another input has the same SOP Instance UID"
@@ -442,4 +232,4 @@ def _log_result(token: str, result: FileResult, name_input: bool) -> None:
         log.debug("file", reason=result.reason, **event)
 
 
-__all__ = ["RunConfig", "RunSummary", "run", "process_file", "discover", "LockedError", "STATUSES"]
+__all__ = ["RunConfig", "RunSummary", "run", "discover", "inventory", "LockedError", "STATUSES"]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import shutil
 import struct
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 from deid import __version__
 from deid.header.pseudonyms import Pseudonymizer
 from deid.stage import Item
+from deid.staging import write_staged
 
 #: Implementation Class UID of deid (a 2.25 UUID-derived root).
 IMPLEMENTATION_CLASS_UID = UID("2.25.264350963127412779040394316718357813137")
@@ -147,16 +146,8 @@ def _raw_span(element: object, tag: int, implicit: bool, source: bytes) -> tuple
     return start, element.value_tell + element.length
 
 
-#: Where files are written before they are moved into place, inside the output folder (same
-#: file system, so the move is atomic); a run clears what a killed run left there.
-STAGING = ".deid-staging"
-
-
 def write_atomic(ds: FileDataset, output_root: Path, relpath: Path, source: bytes | None = None) -> str:
-    """Write ``ds`` to ``output_root / relpath`` through a staged file and ``os.replace``.
-
-    A killed process leaves either the whole file or none; a staged file it leaves behind is
-    removed by the next run (:func:`clear_staging`).
+    """Write ``ds`` to ``output_root / relpath`` atomically (:func:`deid.staging.write_staged`).
 
     ``source``, the bytes ``ds`` was read from, lets untouched elements be copied as they are.
 
@@ -170,16 +161,5 @@ def write_atomic(ds: FileDataset, output_root: Path, relpath: Path, source: byte
             pass
         source = None
     data = _encode(ds, source)
-    path = output_root / relpath
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = output_root / STAGING
-    staging.mkdir(exist_ok=True)
-    tmp = staging / f"{os.getpid()}-{path.name}"
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_staged(output_root, relpath, data)
     return hashlib.sha256(data).hexdigest()
-
-
-def clear_staging(output_root: Path) -> None:
-    """Remove the staging folder and whatever a killed run left in it."""
-    shutil.rmtree(output_root / STAGING, ignore_errors=True)

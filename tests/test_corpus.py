@@ -14,7 +14,7 @@ from pydicom import dcmread
 from conftest import KEY, iod_errors
 from deid.pipeline import RunConfig, discover, run
 from deid.verify import verify
-from deid.writer import STAGING
+from deid.staging import STAGING
 
 
 def corpus_run(shared: Path, tmp_path_factory, profile: str) -> tuple[Path, Path, list[dict]]:

@@ -16,7 +16,8 @@ from pydicom.uid import ComputedRadiographyImageStorage, JPEG2000Lossless
 
 from conftest import KEY, make_ct, shared_dir, write
 from deid.cli import main
-from deid.pipeline import RunConfig, process_file, run
+from deid.pipeline import RunConfig, run
+from deid.process import process_file
 from deid.pixels.derive import UnitScale
 from deid.pixels.dppix import dp_pix
 from deid.pixels.eligibility import load_eligibility

@@ -102,6 +102,20 @@ def test_rerun_processes_nothing_and_changes_nothing(inputs: Path, tmp_path: Pat
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*")} == mtimes  # nothing written
 
 
+def test_rerun_over_an_unchanged_tree_does_not_load_pydicom(inputs: Path, tmp_path: Path):
+    run(RunConfig("basic", (), KEY), inputs, tmp_path / "out", jobs=1)
+    rerun = (
+        "import sys; from pathlib import Path; from deid.pipeline import RunConfig, run; "
+        f"s = run(RunConfig('basic', (), {KEY!r}), Path({str(inputs)!r}), Path({str(tmp_path / 'out')!r}), jobs=1); "
+        "print(s.processed, s.resumed, 'pydicom' in sys.modules)"
+    )
+    quiet = subprocess.run([sys.executable, "-c", rerun], capture_output=True, text=True, check=True)
+    assert quiet.stdout.split()[-3:] == ["0", "13", "False"]
+    (inputs / "DOE_JOHN0_MRN445560" / "IM0000.dcm").touch()  # a changed input is redone
+    redone = subprocess.run([sys.executable, "-c", rerun], capture_output=True, text=True, check=True)
+    assert redone.stdout.split()[-3:] == ["1", "12", "True"]  # after the file's log event
+
+
 def test_killed_run_resumes_to_the_same_result(tmp_path: Path, key_file: Path):
     inputs = tmp_path / "in"
     make_inputs(inputs, patients=6, slices=25)
@@ -136,6 +150,7 @@ def test_cli_reports_bad_profile_as_configuration_error(inputs: Path, tmp_path: 
         ["run", str(inputs), str(tmp_path / "out"), "--key-file", str(key_file), "-p", "nope"],
     )
     assert result.exit_code == 3
+    assert not (tmp_path / "out").exists()
 
 
 def test_audit_folder_inside_output_is_refused(inputs: Path, tmp_path: Path):

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import KEY
 from deid.pipeline import RunConfig, run
-from deid.writer import STAGING
+from deid.staging import STAGING
 from test_pipeline import make_inputs, tree_digest
 
 distributed = pytest.importorskip("distributed", reason="the dask extra is not installed")

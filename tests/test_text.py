@@ -17,7 +17,8 @@ from pydicom.uid import JPEGLSLossless, RLELossless, UltrasoundMultiFrameImageSt
 
 from conftest import KEY, iod_errors, make_ct, write
 from deid.header.pseudonyms import Pseudonymizer
-from deid.pipeline import RunConfig, process_file
+from deid.pipeline import RunConfig
+from deid.process import process_file
 from deid.pixels.ocr import read_text
 from deid.pixels.render import frames_of, to_display
 from deid.pixels.text import line_is_safe

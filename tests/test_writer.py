@@ -6,7 +6,8 @@ from pathlib import Path
 
 
 from conftest import KEY
-from deid.pipeline import RunConfig, _read, _settle_transfer_syntax, worker_for
+from deid.pipeline import RunConfig
+from deid.process import _read, _settle_transfer_syntax, worker_for
 from deid.stage import Item, Quarantined
 from deid.writer import _encode, output_relpath, replace_file_meta
 

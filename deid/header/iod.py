@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 
-from deid.header.profiles import rules_dir
+from deid.shipped import rules_dir
 
 
 @lru_cache(maxsize=1)

@@ -18,10 +18,10 @@ from __future__ import annotations
 import re
 import tomllib
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
-from pydicom.datadict import tag_for_keyword
+from deid.shipped import rules_dir
+
 
 #: The action codes of Table E.1-1a.
 ACTION_CODES = frozenset({"D", "Z", "X", "K", "C", "U", "Z/D", "X/Z", "X/D", "X/Z/D", "X/Z/U*"})
@@ -48,11 +48,6 @@ _TAG = re.compile(r"^\(([0-9A-Fa-fx]{4}),([0-9A-Fa-fx]{4})\)$")
 
 class ProfileError(ValueError):
     """A profile file is missing, malformed or inconsistent."""
-
-
-def rules_dir() -> Path:
-    """Return the folder holding the shipped rule files."""
-    return Path(str(resources.files("deid._rules")))
 
 
 @dataclass(frozen=True)
@@ -216,6 +211,8 @@ def _add(profile: Profile, rule: Rule) -> None:
         else:
             profile.tags[parsed] = rule
     elif rule.keyword is not None:
+        from pydicom.datadict import tag_for_keyword  # pydicom is loaded by the workers only
+
         tag = tag_for_keyword(rule.keyword)
         if tag is None:
             raise ProfileError(f"{rule.source}: unknown keyword {rule.keyword!r}")

@@ -13,13 +13,13 @@ import importlib.util
 import json
 import threading
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 from deid.pixels.derive import WholeImageStage
 from deid.pixels.eligibility import Eligibility, load_eligibility
+from deid.shipped import default_model
 from deid.stage import Item
 
 INPUT, OUTPUT = "image", "warped"
@@ -28,11 +28,6 @@ METADATA_KEYS = ("name", "preset", "mu", "input_size", "sha256")
 
 _SESSIONS: dict[tuple[str, str], tuple[object, str]] = {}
 _LOCK = threading.Lock()
-
-
-def default_model() -> Path:
-    """The shipped model, models/deform.onnx (package ``deid._models``)."""
-    return Path(str(resources.files("deid._models"))) / "deform.onnx"
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from deid.header.profiles import rules_dir
+from deid.shipped import rules_dir
 
 #: Photometric interpretations the [0, 1] mapping handles.
 GREY = frozenset({"MONOCHROME1", "MONOCHROME2"})

@@ -9,7 +9,7 @@ from functools import lru_cache
 
 from pydicom.dataset import Dataset
 
-from deid.header.profiles import rules_dir
+from deid.shipped import rules_dir
 
 #: A box as (x, y, width, height) in full-resolution pixels.
 Box = tuple[int, int, int, int]

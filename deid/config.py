@@ -1,0 +1,84 @@
+"""The configuration of a run: what decides every output, and its fingerprint.
+
+Picklable and hashable, so that it travels to every worker; free of pydicom, so that the driver
+of a run with nothing to do stays light.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from deid import __version__
+from deid.header.pseudonyms import Pseudonymizer
+from deid.shipped import default_model, rules_dir
+
+#: Choices of the whole-image pixel stage (``deid run --pixels``).
+PIXEL_STAGES = ("deform", "dp-pix", "none")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a worker needs to process a file; picklable and hashable.
+
+    Attributes
+    ----------
+    profile
+        Profile name or path.
+    options
+        Options added to the profile's own.
+    key
+        The secret key.
+    header_only
+        Skip every pixel stage (objects that need pixel cleaning are then quarantined).
+    text_mode
+        Burned-in text mode, ``all`` or ``sensitive``; ``None``: the per-modality default.
+    text_fill
+        What masked text becomes: ``black`` or ``background``.
+    pixels
+        The whole-image pixel stage after the text stage: ``deform``, ``dp-pix`` or ``none``.
+    deform_model
+        Path of the ONNX deformation model; ``None``: the shipped models/deform.onnx.
+    deform_rules
+        Path of a site's eligibility rules for the whole-image stage; ``None``: the shipped
+        rules/pixel/deform.toml.
+    dp_pix
+        DP-Pix ``(block, epsilon, m)``.
+    """
+
+    profile: str
+    options: tuple[str, ...]
+    key: bytes
+    header_only: bool = False
+    text_mode: str | None = None
+    text_fill: str = "black"
+    pixels: str = "deform"
+    deform_model: str | None = None
+    deform_rules: str | None = None
+    dp_pix: tuple[int, float, float] = (8, 0.1, 1.0)
+
+    def fingerprint(self) -> str:
+        """Hash of what decides the output: version, rules, options, stages, model, key (not revealed)."""
+        digest = hashlib.sha256()
+        switches = "|".join(
+            (__version__, self.profile, ",".join(self.options), str(self.header_only), str(self.text_mode),
+             self.text_fill, self.pixels, ",".join(map(str, self.dp_pix)))
+        )
+        digest.update(switches.encode())
+        for path in sorted(rules_dir().rglob("*")):
+            if path.suffix in (".toml", ".json"):
+                digest.update(path.read_bytes())
+        site_files = [Path(self.profile)] if Path(self.profile).suffix == ".toml" else []
+        if self.deform_rules:
+            site_files.append(Path(self.deform_rules))
+        if self.pixels == "deform":
+            site_files.append(Path(self.deform_model) if self.deform_model else default_model())
+        for path in site_files:
+            if path.is_file():
+                digest.update(path.read_bytes())
+        digest.update(Pseudonymizer(self.key).fingerprint().encode())
+        return digest.hexdigest()[:16]
+
+
+__all__ = ["RunConfig", "PIXEL_STAGES"]

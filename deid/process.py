@@ -1,0 +1,188 @@
+"""The work of one input file, in whichever process runs it: read, gate, stages, write.
+
+Each worker process builds its stages once per configuration (:func:`worker_for`) and returns a
+:class:`~deid.audit.FileResult` per file; it never writes the ledger or the reports.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from deid.audit import FileResult
+from deid.config import PIXEL_STAGES, RunConfig
+from deid.gate import Gate
+from deid.header.engine import HeaderEngine
+from deid.header.profiles import Profile, load_profile
+from deid.header.pseudonyms import Pseudonymizer
+from deid.header.stage import HeaderStage
+from deid.stage import Item, Quarantined, Stage
+from deid.writer import output_relpath, replace_file_meta, write_atomic
+
+
+@dataclass
+class Worker:
+    """The per-process state built once per configuration: profile, key and stages."""
+
+    profile: Profile
+    pseudo: Pseudonymizer
+    stages: tuple[Stage, ...]
+
+
+@lru_cache(maxsize=4)
+def worker_for(config: RunConfig) -> Worker:
+    """Build (once per process) the stages for ``config``."""
+    profile = load_profile(config.profile, config.options)
+    pseudo = Pseudonymizer(config.key)
+    stages: list[Stage] = [
+        Gate(profile, pixel_cleaning=not config.header_only),
+        HeaderStage(HeaderEngine(profile, pseudo)),
+    ]
+    if not config.header_only:
+        from deid.pixels.text import TextStage  # numpy, OpenCV and OCR only when pixels are cleaned
+
+        stages.append(TextStage(config.text_mode, config.text_fill))
+        stages += _whole_image_stages(config, pseudo)
+    return Worker(profile, pseudo, tuple(stages))
+
+
+def _whole_image_stages(config: RunConfig, pseudo: Pseudonymizer) -> list[Stage]:
+    """The stage ``config.pixels`` names (none for ``none``).
+
+    Raises
+    ------
+    ValueError
+        If ``pixels`` is unknown, or the stage cannot be built (model, rules, ONNX Runtime).
+    """
+    if config.pixels not in PIXEL_STAGES:
+        raise ValueError(f"unknown pixel stage {config.pixels!r}; choose from {', '.join(PIXEL_STAGES)}")
+    if config.pixels == "none":
+        return []
+    from deid.pixels.eligibility import load_eligibility
+
+    eligibility = load_eligibility(Path(config.deform_rules) if config.deform_rules else None)
+    if config.pixels == "deform":
+        from deid.pixels.deform import DeformStage
+
+        return [DeformStage(Path(config.deform_model) if config.deform_model else None, eligibility)]
+    from deid.pixels.dppix import DpPixStage
+
+    return [DpPixStage(pseudo, *config.dp_pix, eligibility=eligibility)]
+
+
+def _read(data: bytes):
+    """Read a DICOM file's bytes; return ``None`` for non-DICOM; raise Quarantined when broken."""
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = dcmread(io.BytesIO(data))
+    except InvalidDicomError:
+        pass
+    except Exception as exc:  # noqa: BLE001 - any parser failure means unreadable
+        raise Quarantined(f"unreadable DICOM ({type(exc).__name__})") from None
+    else:
+        if any("End of file reached" in str(w.message) for w in caught):
+            raise Quarantined("truncated file")
+        _check_complete(ds, len(data))
+        return ds
+    try:  # no preamble: accept only if it parses as a data set with an SOP class
+        ds = dcmread(io.BytesIO(data), force=True)
+        return ds if "SOPClassUID" in ds else None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _check_complete(ds, size: int) -> None:
+    """Quarantine a file whose last element is cut short or that has unparsed bytes at its end."""
+    if not ds.keys() or getattr(ds.file_meta, "TransferSyntaxUID", "").endswith("1.2.1.99"):
+        return  # deflated: the stream length says nothing about the file length
+    last = ds.get_item(list(ds.keys())[-1])
+    if not isinstance(last, RawDataElement) or last.length == 0xFFFFFFFF or last.value_tell is None:
+        return
+    if len(last.value or b"") < last.length or last.value_tell + last.length < size:
+        raise Quarantined("truncated file")
+
+
+def _settle_transfer_syntax(ds) -> None:
+    """Make the file meta name the transfer syntax the data set was really read with.
+
+    Raises
+    ------
+    Quarantined
+        If the pixel data is encapsulated in a transfer syntax pydicom does not know.
+    """
+    transfer_syntax = getattr(ds.file_meta, "TransferSyntaxUID", None)
+    if transfer_syntax is not None and transfer_syntax.is_transfer_syntax:
+        return
+    if "PixelData" in ds and ds["PixelData"].is_undefined_length:
+        raise Quarantined("encapsulated pixel data in an unknown transfer syntax")
+    implicit, little = ds.original_encoding
+    ds.file_meta.TransferSyntaxUID = (
+        ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+    )
+
+
+def _check_pixels(ds) -> None:
+    """Quarantine objects whose native pixel data is shorter than the header says."""
+    if "PixelData" not in ds or ds.file_meta.TransferSyntaxUID.is_compressed:
+        return
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        expected = (
+            ds.Rows * ds.Columns * ds.SamplesPerPixel * frames * ds.BitsAllocated + 7
+        ) // 8
+    except (AttributeError, TypeError, ValueError):
+        raise Quarantined("pixel data without a valid image pixel description") from None
+    pixel_data = ds.get_item(0x7FE00010)
+    if len(pixel_data.value or b"") < expected:
+        raise Quarantined("truncated pixel data")
+
+
+def process_file(config: RunConfig, input_root: Path, output_root: Path, src: str) -> FileResult:
+    """Take one input file to its end: written, quarantined or skipped.
+
+    Never raises for a bad input: every failure becomes a quarantine with a reason.
+    """
+    path = input_root / src
+    stat = path.stat()
+    result = FileResult(src=src, status="quarantined", size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+    worker = worker_for(config)
+    try:
+        data = path.read_bytes()
+        ds = _read(data)
+        if ds is None:
+            result.status, result.reason = "skipped", "not DICOM"
+            return result
+        _settle_transfer_syntax(ds)
+        _check_pixels(ds)
+        item = Item(ds)
+        for stage in worker.stages:
+            stage(item)
+        replace_file_meta(ds)
+        dst = output_relpath(item, worker.pseudo)
+        result.sha256 = write_atomic(ds, output_root, dst, data)
+    except Quarantined as exc:
+        result.reason = str(exc)
+        return result
+    except Exception as exc:  # noqa: BLE001 - fail closed on anything unexpected
+        result.reason = f"internal error ({type(exc).__name__}); nothing written"
+        return result
+    result.status = "written"
+    result.dst = dst.as_posix()
+    result.sop_class = str(ds.SOPClassUID)
+    result.stages = tuple(item.stages)
+    result.notes = "; ".join(item.notes)
+    result.uid_pairs = item.uid_pairs
+    result.patient_pair = item.patient_pair
+    return result
+
+
+__all__ = ["Worker", "worker_for", "process_file"]
