@@ -3,7 +3,7 @@ peak memory per worker at two corpus sizes, and the cost of an incremental re-ru
 
 Usage::
 
-    python benchmarks/bench_scale.py --corpus DIR [--corpus4 DIR4] [--record benchmarks/RESULTS.md]
+    python benchmarks/bench_scale.py --corpus DIR [--corpus4 DIR4] [--runs 3] [--record benchmarks/RESULTS.md]
 
 All runs are header-only, output on tmpfs. Memory is the peak RSS of the run's processes
 (the driver and, for local workers, the largest worker).
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -45,6 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, required=True)
     parser.add_argument("--corpus4", type=Path, help="a corpus four times the size, for memory")
+    parser.add_argument("--runs", type=int, default=3, help="rounds of the four runs; medians are reported")
     parser.add_argument("--record", type=Path)
     args = parser.parse_args()
     SCRATCH.mkdir(parents=True, exist_ok=True)
@@ -52,16 +54,24 @@ def main() -> None:
     files = sum(1 for p in args.corpus.rglob("*") if p.is_file())
     out = SCRATCH / "out"
     deid_run(args.corpus, out, "-j", "1")  # warm-up
-    rows = []
-    one, peak1 = deid_run(args.corpus, out, "-j", "1")
-    two, peak2 = deid_run(args.corpus, out, "-j", "2")
-    dask, _ = deid_run(args.corpus, out, "--scheduler", "local:2")
-    again, _ = deid_run(args.corpus, out, "-j", "2", clean=False)
-    rows.append(f"| 1 local worker | {one:.2f} | {files / one:.0f} | 1.00 |")
-    rows.append(f"| 2 local workers (joblib loky) | {two:.2f} | {files / two:.0f} | {one / two:.2f} |")
-    rows.append(f"| Dask LocalCluster, 2 workers | {dask:.2f} | {files / dask:.0f} | {one / dask:.2f} |")
-    rows.append(f"| incremental re-run, nothing changed | {again:.2f} | - | {again / two:.1%} of a full 2-worker run |")
-    text = [f"corpus: {args.corpus} ({files} files); header-only; wall seconds", "",
+    walls: dict[str, list[float]] = {"one": [], "two": [], "dask": [], "again": []}
+    peaks: dict[str, float] = {}
+    for _ in range(args.runs):  # rounds of all four, so drift in machine speed hits each alike
+        for name, extra in (("one", ("-j", "1")), ("two", ("-j", "2")), ("dask", ("--scheduler", "local:2"))):
+            wall, peak = deid_run(args.corpus, out, *extra)
+            walls[name].append(wall)
+            peaks[name] = max(peaks.get(name, 0.0), peak)
+        walls["again"].append(deid_run(args.corpus, out, "-j", "2", clean=False)[0])
+    one, two, dask, again = (statistics.median(walls[k]) for k in ("one", "two", "dask", "again"))
+    peak1, peak2 = peaks["one"], peaks["two"]
+    rows = [
+        f"| 1 local worker | {one:.2f} | {files / one:.0f} | 1.00 |",
+        f"| 2 local workers (joblib loky) | {two:.2f} | {files / two:.0f} | {one / two:.2f} |",
+        f"| Dask LocalCluster, 2 workers | {dask:.2f} | {files / dask:.0f} | {one / dask:.2f} "
+        f"(Dask overhead against joblib: {dask / two - 1:.0%}) |",
+        f"| incremental re-run, nothing changed | {again:.2f} | - | {again / two:.1%} of a full 2-worker run |",
+    ]
+    text = [f"corpus: {args.corpus} ({files} files); header-only; median wall seconds of {args.runs} rounds", "",
             "| run | wall s | files/s | speed-up |", "|---|---|---|---|", *rows, "",
             f"peak RSS of the largest process: 1 worker {peak1:.0f} MB, 2 workers {peak2:.0f} MB"]
     if args.corpus4:

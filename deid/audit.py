@@ -102,10 +102,11 @@ class Ledger:
         rows = self.db.execute(
             "SELECT src, size, mtime_ns, status, dst FROM files WHERE config = ?", (self.config,)
         )
+        root = str(output_root)
         return {
             src: (size, mtime_ns)
             for src, size, mtime_ns, status, dst in rows
-            if status != "written" or (output_root / dst).is_file()
+            if status != "written" or os.path.isfile(os.path.join(root, dst))
         }
 
     def profile(self) -> tuple[str, tuple[str, ...]] | None:

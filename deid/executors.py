@@ -30,13 +30,15 @@ def process_chunk(process: ProcessFile, sources: list[str]) -> list[FileResult]:
 
 
 def run_local(process: ProcessFile, todo: list[str], jobs: int) -> Iterator[FileResult]:
-    """In process for one job, else joblib's loky workers, results in completion order."""
+    """In process for one job, else joblib's loky workers, results in completion order.
+
+    The workers start, and files are dispatched, as soon as this returns.
+    """
     if jobs == 1:
-        yield from map(process, todo)
-        return
+        return map(process, todo)
     from joblib import Parallel, delayed
 
-    yield from Parallel(n_jobs=jobs, return_as="generator_unordered", batch_size="auto")(
+    return Parallel(n_jobs=jobs, return_as="generator_unordered", batch_size="auto")(
         delayed(process)(src) for src in todo
     )
 
@@ -44,14 +46,16 @@ def run_local(process: ProcessFile, todo: list[str], jobs: int) -> Iterator[File
 def run_dask(process: ProcessFile, todo: list[str], scheduler: str) -> Iterator[FileResult]:
     """On a Dask cluster: ``tcp://host:8786`` (an existing scheduler) or ``local:N``.
 
+    The cluster starts and every chunk is submitted before this returns; the iterator yields
+    results as chunks finish and closes the client (and a local cluster) at its end.
+
     A worker that dies mid-task is restarted by its nanny and the task runs again elsewhere;
     outputs are written atomically, so a repeat writes the same bytes. A chunk whose worker
     keeps dying is split into single files, and a file that still kills its worker is
     quarantined.
     """
     import dask
-    from distributed import Client, LocalCluster, as_completed
-    from distributed.scheduler import KilledWorker
+    from distributed import Client, LocalCluster
 
     cluster = None
     if scheduler.startswith("local:"):
@@ -62,25 +66,47 @@ def run_dask(process: ProcessFile, todo: list[str], scheduler: str) -> Iterator[
                 processes=True,
                 dashboard_address=None,
             )
-    with Client(cluster or scheduler) as client:
-        chunks = [todo[i : i + DASK_CHUNK] for i in range(0, len(todo), DASK_CHUNK)]
-        task = partial(process_chunk, process)
-        futures = {client.submit(task, chunk, pure=False): chunk for chunk in chunks}
-        pending = as_completed(futures)
-        for future in pending:
-            chunk = futures.pop(future)
-            try:
-                yield from future.result()
-            except KilledWorker:
-                if len(chunk) == 1:
-                    yield _worker_died(chunk[0])
-                    continue
-                for src in chunk:
-                    single = client.submit(task, [src], pure=False)
-                    futures[single] = [src]
-                    pending.add(single)
-    if cluster is not None:
-        cluster.close()
+    client = Client(cluster or scheduler)
+    task = partial(process_chunk, process)
+    chunks = [todo[i : i + DASK_CHUNK] for i in range(0, len(todo), DASK_CHUNK)]
+    futures = {client.submit(task, chunk, pure=False): chunk for chunk in chunks}
+    return DaskResults(client, cluster, task, futures)
+
+
+class DaskResults:
+    """The results of submitted chunks, file by file as chunks finish; the client (and a local
+    cluster) shut down when the iteration ends or :meth:`close` is called."""
+
+    def __init__(self, client, cluster, task: Callable, futures: dict) -> None:
+        self.client, self.cluster, self.task, self.futures = client, cluster, task, futures
+
+    def __iter__(self) -> Iterator[FileResult]:
+        from distributed import as_completed
+        from distributed.scheduler import KilledWorker
+
+        try:
+            pending = as_completed(self.futures)
+            for future in pending:
+                chunk = self.futures.pop(future)
+                try:
+                    yield from future.result()
+                except KilledWorker:
+                    if len(chunk) == 1:
+                        yield _worker_died(chunk[0])
+                        continue
+                    for src in chunk:
+                        single = self.client.submit(self.task, [src], pure=False)
+                        self.futures[single] = [src]
+                        pending.add(single)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Shut the client and a local cluster down (again: nothing)."""
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+            self.cluster = None
 
 
 def _worker_died(src: str) -> FileResult:

@@ -8,13 +8,13 @@ that a nightly run over an unchanged tree finishes in a fraction of a second.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import structlog
@@ -153,16 +153,21 @@ def run(
             finished = ledger.finished(output_root)
             todo = [src for src, seen in sources.items() if finished.get(src) != seen]
             profile = ledger.profile()
-            if todo or profile is None:
-                from deid.process import worker_for
-
-                worker = worker_for(config)  # fail early on a bad profile or model, before OUT is made
-                profile = (worker.profile.name, worker.profile.options)
-                ledger.set_profile(*profile)
+            made_output = not output_root.exists()
             output_root.mkdir(parents=True, exist_ok=True)
             clear_staging(output_root)
-            if todo:
-                _process(config, todo, input_root, output_root, ledger, jobs, scheduler, name_inputs)
+            try:
+                if todo:
+                    profile = _process(config, todo, input_root, output_root, ledger, jobs, scheduler, name_inputs)
+                elif profile is None:
+                    profile = _compile(config)
+            except ValueError:  # a bad profile, rule file or model: leave no empty OUT behind
+                clear_staging(output_root)
+                if made_output:
+                    with contextlib.suppress(OSError):
+                        output_root.rmdir()
+                raise
+            ledger.set_profile(*profile)
             clear_staging(output_root)
             name, options = profile
             ledger.write_reports(output_root, name, "+".join(options))
@@ -186,19 +191,59 @@ def _process(
     jobs: int,
     scheduler: str | None,
     name_inputs: bool,
-) -> None:
-    """Run ``todo`` through the workers; record and log each result as it arrives."""
-    from deid.process import process_file  # pydicom and the stages: only when there is work
+) -> tuple[str, tuple[str, ...]]:
+    """Run ``todo`` through the workers; record and log each result as it arrives.
 
+    Returns
+    -------
+    tuple
+        The profile's name and options (:func:`_compile`).
+    """
     pseudo = Pseudonymizer(config.key)
-    process = partial(process_file, config, input_root, output_root)
+    process = FileTask(config, input_root, output_root)
     results = run_dask(process, todo, scheduler) if scheduler else run_local(process, todo, jobs)
-    by_dst: dict[str, FileResult] = {}
-    for result in tqdm(results, total=len(todo), disable=None, unit="file"):
-        for settled in _settle_duplicates(by_dst, result, process):
-            token = pseudo.token(f"src:{settled.src}")[:10]
-            ledger.record(settled, token)
-            _log_result(token, settled, name_inputs)
+    try:
+        profile = _compile(config)  # here while the workers start; a bad profile or model stops the run
+        by_dst: dict[str, FileResult] = {}
+        for result in tqdm(results, total=len(todo), disable=None, unit="file"):
+            for settled in _settle_duplicates(by_dst, result, process):
+                token = pseudo.token(f"src:{settled.src}")[:10]
+                ledger.record(settled, token)
+                _log_result(token, settled, name_inputs)
+    finally:
+        if hasattr(results, "close"):
+            results.close()  # stop the workers' remaining tasks if this ended early
+    return profile
+
+
+def _compile(config: RunConfig) -> tuple[str, tuple[str, ...]]:
+    """Build the worker state of ``config`` in this process (pydicom, profile, stages) and
+    return the profile's name and options.
+
+    Raises
+    ------
+    ProfileError, ValueError
+        If the profile, a rule file or the model cannot be loaded.
+    """
+    from deid.process import worker_for
+
+    profile = worker_for(config).profile
+    return profile.name, profile.options
+
+
+@dataclass(frozen=True)
+class FileTask:
+    """The per-file work as the workers receive it: picklable and light, so that dispatch
+    starts before this process has loaded pydicom; a worker loads it on its first file."""
+
+    config: RunConfig
+    input_root: Path
+    output_root: Path
+
+    def __call__(self, src: str) -> FileResult:
+        from deid.process import process_file
+
+        return process_file(self.config, self.input_root, self.output_root, src)
 
 
 def _settle_duplicates(
