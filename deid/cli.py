@@ -14,6 +14,7 @@ import click
 import structlog
 
 from deid import __version__, logs
+from deid.config import DP_PIX
 
 EXIT_CONFIG = 3
 EXIT_LOCKED = 75
@@ -53,9 +54,9 @@ def main() -> None:
                    "models/deform.onnx.")
 @click.option("--deform-rules", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Which objects --pixels changes (TOML like rules/pixel/deform.toml); default the shipped rules.")
-@click.option("--dp-pix-block", default=8, show_default=True, help="DP-Pix cell side, in pixels.")
-@click.option("--dp-pix-epsilon", default=0.1, show_default=True, help="DP-Pix privacy budget.")
-@click.option("--dp-pix-m", default=1.0, show_default=True, help="DP-Pix neighbourhood (pixels that may differ).")
+@click.option("--dp-pix-block", default=DP_PIX[0], show_default=True, help="DP-Pix cell side, in pixels.")
+@click.option("--dp-pix-epsilon", default=DP_PIX[1], show_default=True, help="DP-Pix privacy budget.")
+@click.option("--dp-pix-m", default=DP_PIX[2], show_default=True, help="DP-Pix neighbourhood (pixels that may differ).")
 @click.option("--audit-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Private audit folder (ledger, crosswalks); default OUTPUT_DIR.audit.")
 @click.option("--json-logs/--console-logs", default=None,

@@ -16,6 +16,8 @@ from deid.shipped import default_model, rules_dir
 
 #: Choices of the whole-image pixel stage (``deid run --pixels``).
 PIXEL_STAGES = ("deform", "dp-pix", "none")
+#: DP-Pix as PriCheXy-Net's baseline runs it: cell side, privacy budget, neighbourhood (pixels that differ).
+DP_PIX = (8, 0.1, 1.0)
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ class RunConfig:
     pixels: str = "deform"
     deform_model: str | None = None
     deform_rules: str | None = None
-    dp_pix: tuple[int, float, float] = (8, 0.1, 1.0)
+    dp_pix: tuple[int, float, float] = DP_PIX
 
     def fingerprint(self) -> str:
         """Hash of what decides the output: version, rules, options, stages, model, key (not revealed)."""
@@ -81,4 +83,4 @@ class RunConfig:
         return digest.hexdigest()[:16]
 
 
-__all__ = ["RunConfig", "PIXEL_STAGES"]
+__all__ = ["RunConfig", "PIXEL_STAGES", "DP_PIX"]

@@ -6,19 +6,22 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 STAGING = ".deid-staging"
 
 
-def write_staged(output_root: Path, relpath: Path, data: bytes) -> None:
-    """Write ``data`` to ``output_root / relpath``: whole, or (if the process dies) not at all."""
+def write_staged(output_root: Path, relpath: Path, pieces: Iterable[bytes | memoryview]) -> None:
+    """Write ``pieces``, one after the other, to ``output_root / relpath``: the whole file, or
+    (if the process dies) nothing at all."""
     path = output_root / relpath
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = output_root / STAGING
     staging.mkdir(exist_ok=True)
     tmp = staging / f"{os.getpid()}-{path.name}"
-    tmp.write_bytes(data)
+    with tmp.open("wb") as file:
+        file.writelines(pieces)
     os.replace(tmp, path)
 
 

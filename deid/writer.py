@@ -7,11 +7,11 @@ import io
 import struct
 from pathlib import Path
 
-from pydicom import dcmwrite
-from pydicom.dataelem import RawDataElement
+from pydicom import config, dcmwrite
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_data_element, write_dataset, write_file_meta_info
+from pydicom.filewriter import write_data_element, write_dataset
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from deid import __version__
@@ -48,17 +48,42 @@ def output_relpath(item: Item, pseudo: Pseudonymizer) -> Path:
 
 
 def replace_file_meta(ds: FileDataset) -> None:
-    """Replace the preamble and the File Meta Information (PS3.15 E.1.1)."""
-    transfer_syntax = ds.file_meta.TransferSyntaxUID
-    meta = FileMetaDataset()
-    meta.FileMetaInformationVersion = b"\x00\x01"
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = transfer_syntax
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-    ds.file_meta = meta
+    """Replace the preamble and the File Meta Information (PS3.15 E.1.1).
+
+    The values are ours or already in the data set, so they are not validated again (which
+    costs more than building the group).
+    """
+    values = (
+        (0x00020001, "OB", b"\x00\x01"),
+        (0x00020002, "UI", ds.SOPClassUID),
+        (0x00020003, "UI", ds.SOPInstanceUID),
+        (0x00020010, "UI", ds.file_meta.TransferSyntaxUID),
+        (0x00020012, "UI", IMPLEMENTATION_CLASS_UID),
+        (0x00020013, "SH", IMPLEMENTATION_VERSION_NAME),
+    )
+    elements = [DataElement(tag, vr, value, validation_mode=config.IGNORE) for tag, vr, value in values]
+    ds.file_meta = FileMetaDataset({element.tag: element for element in elements})
     ds.preamble = b"\x00" * 128
+
+
+def file_meta_bytes(meta: FileMetaDataset) -> bytes:
+    """The File Meta Information group as :func:`replace_file_meta` builds it, encoded as
+    pydicom's ``write_file_meta_info`` would (Explicit VR Little Endian, group length first),
+    without its copies and checks."""
+    body = b"".join(_meta_element(tag, meta[tag].VR, meta[tag].value) for tag in sorted(meta.keys()) if tag.element)
+    return _meta_element(0x00020000, "UL", struct.pack("<I", len(body))) + body
+
+
+def _meta_element(tag: int, vr: str, value: object) -> bytes:
+    if isinstance(value, bytes):
+        data = value
+    else:
+        data = str(value).encode("ascii")
+    if len(data) % 2:
+        data += b"\x00" if vr == "UI" else b" "
+    if vr == "OB":
+        return struct.pack("<HH2s2xI", tag >> 16, tag & 0xFFFF, b"OB", len(data)) + data
+    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode("ascii"), len(data)) + data
 
 
 def _read_in_another_encoding(ds: FileDataset) -> bool:
@@ -76,38 +101,44 @@ def _read_in_another_encoding(ds: FileDataset) -> bool:
 _LONG_HEADER_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT"})
 
 
-def _encode(ds: FileDataset, source: bytes | None = None) -> bytes:
-    """The file's bytes: zero preamble, ``DICM``, the file meta (validated) and the data set.
+def _encode(ds: FileDataset, source: bytes | None = None) -> list[bytes | memoryview]:
+    """The file's bytes, as pieces to write one after the other: zero preamble, ``DICM``, the
+    file meta (validated) and the data set.
 
     pydicom's ``dcmwrite`` does the same after deep-copying the file meta, which costs more
     than the rest of the header together; the meta built by :func:`replace_file_meta` is ours
     to write as it is. Deflated data sets still go through ``dcmwrite``. With ``source``, the
-    bytes the data set was read from, runs of elements no stage touched are copied from it
-    whole (:func:`_splice`); the result is the same bytes pydicom would write.
+    bytes the data set was read from, runs of elements no stage touched are views of it, not
+    copies (:func:`_splice`); joined, the pieces are the bytes pydicom would write.
     """
     syntax = ds.file_meta.TransferSyntaxUID
     if syntax == DeflatedExplicitVRLittleEndian:
         buffer = io.BytesIO()
         dcmwrite(buffer, ds, enforce_file_format=True)
-        return buffer.getvalue()
-    fp = DicomBytesIO()
-    fp.is_implicit_VR, fp.is_little_endian = syntax.is_implicit_VR, syntax.is_little_endian
-    fp.write(ds.preamble + b"DICM")
-    write_file_meta_info(fp, ds.file_meta, enforce_standard=True)
+        return [buffer.getvalue()]
+    fp = _buffer(syntax.is_implicit_VR, syntax.is_little_endian)
+    fp.write(ds.preamble + b"DICM" + file_meta_bytes(ds.file_meta))
     if "PixelData" in ds:
         ds["PixelData"].is_undefined_length = syntax.is_compressed
     same_encoding = ds.original_encoding == (syntax.is_implicit_VR, syntax.is_little_endian)
     if source is not None and same_encoding and syntax.is_little_endian:
-        _splice(fp, ds, source)
-    else:
-        write_dataset(fp, ds)
-    return fp.getvalue()
+        return _splice(fp, ds, source)
+    write_dataset(fp, ds)
+    return [fp.getvalue()]
 
 
-def _splice(fp: DicomBytesIO, ds: FileDataset, source: bytes) -> None:
-    """Write ``ds`` as ``write_dataset`` would, copying runs of untouched raw elements from
-    ``source`` in one slice each and encoding only the elements that changed."""
+def _buffer(implicit: bool, little_endian: bool) -> DicomBytesIO:
+    fp = DicomBytesIO()
+    fp.is_implicit_VR, fp.is_little_endian = implicit, little_endian
+    return fp
+
+
+def _splice(fp: DicomBytesIO, ds: FileDataset, source: bytes) -> list[bytes | memoryview]:
+    """Encode ``ds`` after what ``fp`` holds, as ``write_dataset`` would, but take each run of
+    untouched raw elements as one view of ``source``; only changed elements are encoded."""
     encoding = ds.get("SpecificCharacterSet", "iso8859")
+    view = memoryview(source)
+    pieces: list[bytes | memoryview] = []
     run_start = run_end = -1
     for tag in sorted(ds.keys()):
         if tag.element == 0 and tag.group > 6:
@@ -118,14 +149,18 @@ def _splice(fp: DicomBytesIO, ds: FileDataset, source: bytes) -> None:
             run_end = span[1]
             continue
         if run_end >= 0:
-            fp.write(source[run_start:run_end])
+            pieces.append(view[run_start:run_end])
             run_start = run_end = -1
         if span is not None:
+            pieces.append(fp.getvalue())
+            fp = _buffer(fp.is_implicit_VR, fp.is_little_endian)
             run_start, run_end = span
         else:
             write_data_element(fp, element, encoding)
     if run_end >= 0:
-        fp.write(source[run_start:run_end])
+        pieces.append(view[run_start:run_end])
+    pieces.append(fp.getvalue())
+    return [piece for piece in pieces if len(piece)]
 
 
 def _raw_span(element: object, tag: int, implicit: bool, source: bytes) -> tuple[int, int] | None:
@@ -160,6 +195,9 @@ def write_atomic(ds: FileDataset, output_root: Path, relpath: Path, source: byte
         for _ in ds.iterall():  # decode what is still raw, so it is encoded anew
             pass
         source = None
-    data = _encode(ds, source)
-    write_staged(output_root, relpath, data)
-    return hashlib.sha256(data).hexdigest()
+    pieces = _encode(ds, source)
+    write_staged(output_root, relpath, pieces)
+    digest = hashlib.sha256()
+    for piece in pieces:
+        digest.update(piece)
+    return digest.hexdigest()

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from deid.config import DP_PIX
 from deid.header.pseudonyms import Pseudonymizer
 from deid.pixels.derive import WholeImageStage
 from deid.pixels.eligibility import Eligibility, load_eligibility
 from deid.stage import Item
-
-#: PriCheXy-Net's baseline settings: cell side, privacy budget, neighbourhood (pixels that differ).
-BLOCK, EPSILON, M = 8, 0.1, 1.0
 
 
 def dp_pix(image01: np.ndarray, block: int, epsilon: float, m: float, rng: np.random.Generator) -> np.ndarray:
@@ -85,9 +83,9 @@ class DpPixStage(WholeImageStage):
     def __init__(
         self,
         pseudo: Pseudonymizer,
-        block: int = BLOCK,
-        epsilon: float = EPSILON,
-        m: float = M,
+        block: int = DP_PIX[0],
+        epsilon: float = DP_PIX[1],
+        m: float = DP_PIX[2],
         eligibility: Eligibility | None = None,
     ) -> None:
         if block < 1 or epsilon <= 0 or m <= 0:
