@@ -78,12 +78,20 @@ def _whole_image_stages(config: RunConfig, pseudo: Pseudonymizer) -> list[Stage]
     return [DpPixStage(pseudo, *config.dp_pix, eligibility=eligibility)]
 
 
+#: Top-level values longer than this are read only when a stage asks for them.
+DEFER_SIZE = 64 * 1024
+
+
 def _read(data: bytes):
-    """Read a DICOM file's bytes; return ``None`` for non-DICOM; raise Quarantined when broken."""
+    """Read a DICOM file's bytes; return ``None`` for non-DICOM; raise Quarantined when broken.
+
+    Top-level values over :data:`DEFER_SIZE` (the pixel data, mostly) are left in ``data``:
+    read on first access, and otherwise copied from ``data`` into the output as they are.
+    """
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            ds = dcmread(io.BytesIO(data))
+            ds = dcmread(io.BytesIO(data), defer_size=DEFER_SIZE)
     except InvalidDicomError:
         pass
     except Exception as exc:  # noqa: BLE001 - any parser failure means unreadable
@@ -94,7 +102,7 @@ def _read(data: bytes):
         _check_complete(ds, len(data))
         return ds
     try:  # no preamble: accept only if it parses as a data set with an SOP class
-        ds = dcmread(io.BytesIO(data), force=True)
+        ds = dcmread(io.BytesIO(data), force=True, defer_size=DEFER_SIZE)
         return ds if "SOPClassUID" in ds else None
     except Exception:  # noqa: BLE001
         return None
@@ -104,11 +112,18 @@ def _check_complete(ds, size: int) -> None:
     """Quarantine a file whose last element is cut short or that has unparsed bytes at its end."""
     if not ds.keys() or getattr(ds.file_meta, "TransferSyntaxUID", "").endswith("1.2.1.99"):
         return  # deflated: the stream length says nothing about the file length
-    last = ds.get_item(list(ds.keys())[-1])
+    last = ds.get_item(list(ds.keys())[-1], keep_deferred=True)
     if not isinstance(last, RawDataElement) or last.length == 0xFFFFFFFF or last.value_tell is None:
         return
-    if len(last.value or b"") < last.length or last.value_tell + last.length < size:
+    if _stored_length(last, size) < last.length or last.value_tell + last.length < size:
         raise Quarantined("truncated file")
+
+
+def _stored_length(element, size: int) -> int:
+    """How many bytes of ``element``'s value the file holds (a deferred value is not read)."""
+    if isinstance(element, RawDataElement) and element.value is None and element.value_tell is not None:
+        return max(0, min(element.length, size - element.value_tell))
+    return len(element.value or b"")
 
 
 def _settle_transfer_syntax(ds) -> None:
@@ -130,8 +145,9 @@ def _settle_transfer_syntax(ds) -> None:
     )
 
 
-def _check_pixels(ds) -> None:
-    """Quarantine objects whose native pixel data is shorter than the header says."""
+def _check_pixels(ds, size: int) -> None:
+    """Quarantine objects whose native pixel data is shorter than the header says (``size``:
+    the file's length)."""
     if "PixelData" not in ds or ds.file_meta.TransferSyntaxUID.is_compressed:
         return
     try:
@@ -141,8 +157,7 @@ def _check_pixels(ds) -> None:
         ) // 8
     except (AttributeError, TypeError, ValueError):
         raise Quarantined("pixel data without a valid image pixel description") from None
-    pixel_data = ds.get_item(0x7FE00010)
-    if len(pixel_data.value or b"") < expected:
+    if _stored_length(ds.get_item(0x7FE00010, keep_deferred=True), size) < expected:
         raise Quarantined("truncated pixel data")
 
 
@@ -162,7 +177,7 @@ def process_file(config: RunConfig, input_root: Path, output_root: Path, src: st
             result.status, result.reason = "skipped", "not DICOM"
             return result
         _settle_transfer_syntax(ds)
-        _check_pixels(ds)
+        _check_pixels(ds, len(data))
         item = Item(ds)
         for stage in worker.stages:
             stage(item)

@@ -93,7 +93,7 @@ def _read_in_another_encoding(ds: FileDataset) -> bool:
     if ds.original_encoding != (syntax.is_implicit_VR, syntax.is_little_endian):
         return True
     return not syntax.is_implicit_VR and any(
-        getattr(ds.get_item(tag), "VR", "") is None for tag in ds.keys()
+        getattr(ds.get_item(tag, keep_deferred=True), "VR", "") is None for tag in ds.keys()
     )
 
 
@@ -143,7 +143,7 @@ def _splice(fp: DicomBytesIO, ds: FileDataset, source: bytes) -> list[bytes | me
     for tag in sorted(ds.keys()):
         if tag.element == 0 and tag.group > 6:
             continue  # retired group lengths are not written
-        element = ds.get_item(tag)
+        element = ds.get_item(tag, keep_deferred=True)
         span = _raw_span(element, tag, fp.is_implicit_VR, source)
         if span is not None and span[0] == run_end:
             run_end = span[1]
@@ -156,7 +156,7 @@ def _splice(fp: DicomBytesIO, ds: FileDataset, source: bytes) -> list[bytes | me
             fp = _buffer(fp.is_implicit_VR, fp.is_little_endian)
             run_start, run_end = span
         else:
-            write_data_element(fp, element, encoding)
+            write_data_element(fp, ds.get_item(tag), encoding)  # a deferred value is read now
     if run_end >= 0:
         pieces.append(view[run_start:run_end])
     pieces.append(fp.getvalue())
@@ -167,7 +167,10 @@ def _raw_span(element: object, tag: int, implicit: bool, source: bytes) -> tuple
     """Where a raw, defined-length element lies in ``source`` (header included), or ``None``."""
     if not isinstance(element, RawDataElement) or element.value_tell is None:
         return None
-    if element.length == 0xFFFFFFFF or element.value is None or len(element.value) != element.length:
+    if element.length in (0, 0xFFFFFFFF):
+        return None  # empty values are written as pydicom would, with the dictionary's VR for UN
+    stored = len(source) - element.value_tell if element.value is None else len(element.value)
+    if stored < element.length:  # a short value, too
         return None
     if implicit:
         header = 8

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from pydicom import dcmread
@@ -114,6 +115,24 @@ def test_rerun_over_an_unchanged_tree_does_not_load_pydicom(inputs: Path, tmp_pa
     (inputs / "DOE_JOHN0_MRN445560" / "IM0000.dcm").touch()  # a changed input is redone
     redone = subprocess.run([sys.executable, "-c", rerun], capture_output=True, text=True, check=True)
     assert redone.stdout.split()[-3:] == ["1", "12", "True"]  # after the file's log event
+
+
+def test_large_pixel_data_is_copied_whole_or_quarantined_when_cut(tmp_path: Path):
+    pixels = np.arange(512 * 512, dtype=np.int16).reshape(512, 512)  # 512 KB: read lazily
+    ds = make_ct()
+    ds.Rows = ds.Columns = 512
+    ds.PixelData = pixels.tobytes()
+    whole = write(ds, tmp_path / "in" / "whole.dcm")
+    cut = tmp_path / "in" / "cut.dcm"
+    cut.write_bytes(whole.read_bytes()[: -100_000])
+    ds.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.1002"
+    write(ds, tmp_path / "in" / "other.dcm")
+    summary = run(RunConfig("basic", (), KEY, header_only=True), tmp_path / "in", tmp_path / "out", jobs=1)
+    assert summary.counts == {"written": 2, "quarantined": 1, "skipped": 0}
+    reasons = list(csv.DictReader((tmp_path / "out.audit" / "quarantine.csv").open()))
+    assert [(r["input"], r["reason"]) for r in reasons] == [("cut.dcm", "truncated file")]
+    for path in (tmp_path / "out").rglob("*.dcm"):
+        assert dcmread(path).PixelData == pixels.tobytes()
 
 
 def test_killed_run_resumes_to_the_same_result(tmp_path: Path, key_file: Path):

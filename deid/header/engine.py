@@ -283,7 +283,7 @@ class FileContext:
         creators_used: set[int] = set()
         creators: list[int] = []
         for tag in list(ds.keys()):
-            raw = ds.get_item(tag)
+            raw = ds.get_item(tag, keep_deferred=True)
             group, element = tag >> 16, tag & 0xFFFF
             if group & 1:
                 if 0x10 <= element <= 0xFF:
