@@ -167,8 +167,8 @@ def _raw_span(element: object, tag: int, implicit: bool, source: bytes) -> tuple
     """Where a raw, defined-length element lies in ``source`` (header included), or ``None``."""
     if not isinstance(element, RawDataElement) or element.value_tell is None:
         return None
-    if element.length in (0, 0xFFFFFFFF):
-        return None  # empty values are written as pydicom would, with the dictionary's VR for UN
+    if element.length == 0xFFFFFFFF or (element.length == 0 and element.VR == "UN"):
+        return None  # pydicom writes an empty UN value with the dictionary's VR
     stored = len(source) - element.value_tell if element.value is None else len(element.value)
     if stored < element.length:  # a short value, too
         return None

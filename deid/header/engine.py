@@ -29,7 +29,7 @@ from deid.header.actions import (
     TEXT_VRS,
 )
 from deid.header.iod import attribute_types, resolve_compound
-from deid.header.profiles import Profile
+from deid.header.profiles import Code, Profile
 from deid.header.pseudonyms import Pseudonymizer
 
 #: Removed whatever the profile says: Encrypted Attributes, Original Attributes, Digital
@@ -282,13 +282,12 @@ class FileContext:
         """Apply the profile to every element of ``ds``, recursing into sequences."""
         creators_used: set[int] = set()
         creators: list[int] = []
-        for tag in list(ds.keys()):
-            raw = ds.get_item(tag, keep_deferred=True)
+        for tag, raw in list(ds.items()):  # as stored: raw elements stay raw, deferred values unread
             group, element = tag >> 16, tag & 0xFFFF
             if group & 1:
                 if 0x10 <= element <= 0xFF:
                     creators.append(tag)
-                elif element < 0x10 or not self._private(ds, BaseTag(tag), _vr_of(raw, tag)):
+                elif element < 0x10 or not self._private(ds, tag, _vr_of(raw, tag)):
                     del ds[tag]
                 else:
                     creators_used.add((tag & 0xFFFF0000) | (element >> 8))
@@ -302,8 +301,7 @@ class FileContext:
                 del ds[tag]
                 continue
             vr = _vr_of(raw, tag)
-            action = self._action(BaseTag(tag), vr)
-            action(self, ds, BaseTag(tag), vr)
+            self._action(tag, vr)(self, ds, tag, vr)
         for tag in creators:
             if tag not in creators_used:
                 del ds[tag]
@@ -400,6 +398,15 @@ class FileContext:
         return self.profile.sr_concepts.get(key, "K") != "X"
 
 
+def _code_item(code: Code) -> Dataset:
+    """A code sequence item for ``code``; the same item serves every file (it is never changed)."""
+    item = Dataset()
+    item.CodeValue = code.value
+    item.CodingSchemeDesignator = code.scheme
+    item.CodeMeaning = code.meaning
+    return item
+
+
 class HeaderEngine:
     """De-identify dataset headers with one profile and one key.
 
@@ -414,6 +421,7 @@ class HeaderEngine:
     def __init__(self, profile: Profile, pseudo: Pseudonymizer) -> None:
         self.profile = profile
         self.pseudo = pseudo
+        self._method_codes = tuple(_code_item(code) for code in profile.codes)
 
     def context(self, ds: Dataset) -> FileContext:
         """Make the per-file context (pseudonyms, date shift, identifying values) for ``ds``."""
@@ -448,14 +456,7 @@ class HeaderEngine:
         profile = self.profile
         ds.PatientIdentityRemoved = "YES"
         ds.DeidentificationMethod = f"deid {__version__}: profile {profile.name}"[:64]
-        items = Sequence()
-        for code in profile.codes:
-            item = Dataset()
-            item.CodeValue = code.value
-            item.CodingSchemeDesignator = code.scheme
-            item.CodeMeaning = code.meaning
-            items.append(item)
-        ds.DeidentificationMethodCodeSequence = items
+        ds.DeidentificationMethodCodeSequence = Sequence(self._method_codes)  # stages may append
         ds.LongitudinalTemporalInformationModified = {
             "full": "UNMODIFIED",
             "modified": "MODIFIED",
