@@ -10,6 +10,7 @@ from pathlib import Path
 from pydicom import config, dcmwrite
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.multival import MultiValue
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element, write_dataset
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
@@ -156,11 +157,43 @@ def _splice(fp: DicomBytesIO, ds: FileDataset, source: bytes) -> list[bytes | me
             fp = _buffer(fp.is_implicit_VR, fp.is_little_endian)
             run_start, run_end = span
         else:
-            write_data_element(fp, ds.get_item(tag), encoding)  # a deferred value is read now
+            element = ds.get_item(tag)  # a deferred value is read now
+            encoded = _ascii_element(element, fp.is_implicit_VR)
+            if encoded is None:
+                write_data_element(fp, element, encoding)
+            else:
+                fp.write(encoded)
     if run_end >= 0:
         pieces.append(view[run_start:run_end])
     pieces.append(fp.getvalue())
     return [piece for piece in pieces if len(piece)]
+
+
+#: VRs whose values are ASCII whatever the character set (PS3.5 6.2), all with 8-byte headers.
+_ASCII_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UI"})
+
+
+def _ascii_element(element: object, implicit: bool) -> bytes | None:
+    """A changed element of an ASCII-only VR, encoded as pydicom's ``write_data_element`` would
+    encode it (backslash-joined, padded to even length); ``None`` for any other element."""
+    if type(element) is not DataElement or element.VR not in _ASCII_VRS:
+        return None
+    value = element.value
+    values = [] if value is None or value == "" else [value] if isinstance(value, str) else value
+    if not isinstance(values, (list, MultiValue)) or not all(isinstance(v, str) for v in values):
+        return None
+    text = "\\".join(values)
+    if not text.isascii():
+        return None
+    data = text.encode("ascii")
+    if len(data) % 2:
+        data += b"\x00" if element.VR == "UI" else b" "
+    if len(data) > 0xFFFF:
+        return None
+    group, number = element.tag >> 16, element.tag & 0xFFFF
+    if implicit:
+        return struct.pack("<HHI", group, number, len(data)) + data
+    return struct.pack("<HH2sH", group, number, element.VR.encode("ascii"), len(data)) + data
 
 
 def _raw_span(element: object, tag: int, implicit: bool, source: bytes) -> tuple[int, int] | None:
