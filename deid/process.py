@@ -164,12 +164,21 @@ def _check_pixels(ds, size: int) -> None:
 def process_file(config: RunConfig, input_root: Path, output_root: Path, src: str) -> FileResult:
     """Take one input file to its end: written, quarantined or skipped.
 
-    Never raises for a bad input: every failure becomes a quarantine with a reason.
+    Never raises for a bad input: every failure becomes a quarantine with a reason. Warnings
+    are silenced: pydicom's quote element values, which may be PHI, and the file's outcome is
+    logged as its own event.
     """
-    path = input_root / src
-    stat = path.stat()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _take_to_end(worker_for(config), input_root / src, output_root, src)
+
+
+def _take_to_end(worker: Worker, path: Path, output_root: Path, src: str) -> FileResult:
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        return FileResult(src=src, status="quarantined", reason=f"unreadable file ({type(exc).__name__})")
     result = FileResult(src=src, status="quarantined", size=stat.st_size, mtime_ns=stat.st_mtime_ns)
-    worker = worker_for(config)
     try:
         data = path.read_bytes()
         ds = _read(data)

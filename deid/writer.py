@@ -71,20 +71,26 @@ def file_meta_bytes(meta: FileMetaDataset) -> bytes:
     """The File Meta Information group as :func:`replace_file_meta` builds it, encoded as
     pydicom's ``write_file_meta_info`` would (Explicit VR Little Endian, group length first),
     without its copies and checks."""
-    body = b"".join(_meta_element(tag, meta[tag].VR, meta[tag].value) for tag in sorted(meta.keys()) if tag.element)
-    return _meta_element(0x00020000, "UL", struct.pack("<I", len(body))) + body
+    body = b"".join(
+        _pack(tag, meta[tag].VR, _as_bytes(meta[tag].value)) for tag in sorted(meta.keys()) if tag.element
+    )
+    return _pack(0x00020000, "UL", struct.pack("<I", len(body))) + body
 
 
-def _meta_element(tag: int, vr: str, value: object) -> bytes:
-    if isinstance(value, bytes):
-        data = value
-    else:
-        data = str(value).encode("ascii")
+def _as_bytes(value: object) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode("ascii")
+
+
+def _pack(tag: int, vr: str, data: bytes, implicit: bool = False) -> bytes:
+    """One element: its header and its value padded to even length (UI and OB with NUL)."""
     if len(data) % 2:
-        data += b"\x00" if vr == "UI" else b" "
-    if vr == "OB":
-        return struct.pack("<HH2s2xI", tag >> 16, tag & 0xFFFF, b"OB", len(data)) + data
-    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode("ascii"), len(data)) + data
+        data += b"\x00" if vr in ("UI", "OB") else b" "
+    group, number = tag >> 16, tag & 0xFFFF
+    if implicit:
+        return struct.pack("<HHI", group, number, len(data)) + data
+    if vr in _LONG_HEADER_VRS:
+        return struct.pack("<HH2s2xI", group, number, vr.encode("ascii"), len(data)) + data
+    return struct.pack("<HH2sH", group, number, vr.encode("ascii"), len(data)) + data
 
 
 def _read_in_another_encoding(ds: FileDataset) -> bool:
@@ -183,17 +189,9 @@ def _ascii_element(element: object, implicit: bool) -> bytes | None:
     if not isinstance(values, (list, MultiValue)) or not all(isinstance(v, str) for v in values):
         return None
     text = "\\".join(values)
-    if not text.isascii():
+    if not text.isascii() or len(text) > 0xFFFE:
         return None
-    data = text.encode("ascii")
-    if len(data) % 2:
-        data += b"\x00" if element.VR == "UI" else b" "
-    if len(data) > 0xFFFF:
-        return None
-    group, number = element.tag >> 16, element.tag & 0xFFFF
-    if implicit:
-        return struct.pack("<HHI", group, number, len(data)) + data
-    return struct.pack("<HH2sH", group, number, element.VR.encode("ascii"), len(data)) + data
+    return _pack(element.tag, element.VR, text.encode("ascii"), implicit)
 
 
 def _raw_span(element: object, tag: int, implicit: bool, source: bytes) -> tuple[int, int] | None:

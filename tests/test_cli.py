@@ -11,6 +11,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from conftest import make_ct, write
 from deid.cli import main
 from deid.keys import load_key
 from test_pipeline import make_inputs
@@ -46,6 +47,9 @@ def test_json_logs_carry_no_phi(tmp_path: Path, key_file: Path):
     make_inputs(tmp_path / "in")
     bad = tmp_path / "in" / "DOE_JOHN0_MRN445560" / "IM0001.dcm"
     bad.write_bytes(bad.read_bytes()[:700])
+    odd = make_ct(patient_id="MRN445569", sop_uid="1.2.826.0.1.3680043.8.498.19999")
+    odd.StudyInstanceUID = "1.2.3.DOE.MRN445569"  # pydicom's warning on it would quote it
+    write(odd, tmp_path / "in" / "odd.dcm")
     result = subprocess.run(
         [sys.executable, "-m", "deid.cli", "run", str(tmp_path / "in"), str(tmp_path / "out"),
          "--key-file", str(key_file), "-j", "1"],
@@ -54,10 +58,11 @@ def test_json_logs_carry_no_phi(tmp_path: Path, key_file: Path):
     assert result.returncode == 1
     events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     files = [e for e in events if e["event"] == "file"]
-    assert len(files) == 12  # one per DICOM file
+    assert len(files) == 13  # one per DICOM file
     quarantined = [e for e in files if e["status"] == "quarantined"]
     assert len(quarantined) == 1 and quarantined[0]["reason"] == "truncated file"
     assert "DOE" not in result.stderr and "MRN" not in result.stderr
+    assert all(line.startswith("{") for line in result.stderr.splitlines()[:-1])  # then the summary line
     assert events[-1]["event"] == "run finished" and events[-1]["quarantined"] == 1
 
 
