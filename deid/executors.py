@@ -102,7 +102,7 @@ class DaskResults:
             self.close()
 
     def close(self) -> None:
-        """Shut the client and a local cluster down (again: nothing)."""
+        """Shut the client and a local cluster down; a second call does nothing more."""
         self.client.close()
         if self.cluster is not None:
             self.cluster.close()

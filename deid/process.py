@@ -27,6 +27,9 @@ from deid.header.stage import HeaderStage
 from deid.stage import Item, Quarantined, Stage
 from deid.writer import output_relpath, replace_file_meta, write_atomic
 
+#: Top-level values longer than this are read only when a stage asks for them.
+DEFER_SIZE = 64 * 1024
+
 
 @dataclass
 class Worker:
@@ -76,10 +79,6 @@ def _whole_image_stages(config: RunConfig, pseudo: Pseudonymizer) -> list[Stage]
     from deid.pixels.dppix import DpPixStage
 
     return [DpPixStage(pseudo, *config.dp_pix, eligibility=eligibility)]
-
-
-#: Top-level values longer than this are read only when a stage asks for them.
-DEFER_SIZE = 64 * 1024
 
 
 def _read(data: bytes):
