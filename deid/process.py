@@ -25,7 +25,7 @@ from deid.header.profiles import Profile, load_profile
 from deid.header.pseudonyms import Pseudonymizer
 from deid.header.stage import HeaderStage
 from deid.stage import Item, Quarantined, Stage
-from deid.writer import output_relpath, replace_file_meta, write_atomic
+from deid.writer import output_relpath, replace_file_meta, stored_length, write_atomic
 
 #: Top-level values longer than this are read only when a stage asks for them.
 DEFER_SIZE = 64 * 1024
@@ -114,15 +114,8 @@ def _check_complete(ds, size: int) -> None:
     last = ds.get_item(list(ds.keys())[-1], keep_deferred=True)
     if not isinstance(last, RawDataElement) or last.length == 0xFFFFFFFF or last.value_tell is None:
         return
-    if _stored_length(last, size) < last.length or last.value_tell + last.length < size:
+    if stored_length(last, size) < last.length or last.value_tell + last.length < size:
         raise Quarantined("truncated file")
-
-
-def _stored_length(element, size: int) -> int:
-    """How many bytes of ``element``'s value the file holds (a deferred value is not read)."""
-    if isinstance(element, RawDataElement) and element.value is None and element.value_tell is not None:
-        return max(0, min(element.length, size - element.value_tell))
-    return len(element.value or b"")
 
 
 def _settle_transfer_syntax(ds) -> None:
@@ -156,7 +149,7 @@ def _check_pixels(ds, size: int) -> None:
         ) // 8
     except (AttributeError, TypeError, ValueError):
         raise Quarantined("pixel data without a valid image pixel description") from None
-    if _stored_length(ds.get_item(0x7FE00010, keep_deferred=True), size) < expected:
+    if stored_length(ds.get_item(0x7FE00010, keep_deferred=True), size) < expected:
         raise Quarantined("truncated pixel data")
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 from pydicom import config, dcmwrite
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.multival import MultiValue
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element, write_dataset
+from pydicom.multival import MultiValue
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from deid import __version__
@@ -99,9 +99,7 @@ def _read_in_another_encoding(ds: FileDataset) -> bool:
     syntax = ds.file_meta.TransferSyntaxUID
     if ds.original_encoding != (syntax.is_implicit_VR, syntax.is_little_endian):
         return True
-    return not syntax.is_implicit_VR and any(
-        getattr(ds.get_item(tag, keep_deferred=True), "VR", "") is None for tag in ds.keys()
-    )
+    return not syntax.is_implicit_VR and any(getattr(element, "VR", "") is None for element in ds.values())
 
 
 #: Explicit VRs whose element header is 12 bytes long (PS3.5 7.1.2).
@@ -110,7 +108,7 @@ _LONG_HEADER_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "U
 
 def _encode(ds: FileDataset, source: bytes | None = None) -> list[bytes | memoryview]:
     """The file's bytes, as pieces to write one after the other: zero preamble, ``DICM``, the
-    file meta (validated) and the data set.
+    file meta and the data set.
 
     pydicom's ``dcmwrite`` does the same after deep-copying the file meta, which costs more
     than the rest of the header together; the meta built by :func:`replace_file_meta` is ours
@@ -194,14 +192,21 @@ def _ascii_element(element: object, implicit: bool) -> bytes | None:
     return _pack(element.tag, element.VR, text.encode("ascii"), implicit)
 
 
+def stored_length(element: object, size: int) -> int:
+    """How many bytes of ``element``'s value a file of ``size`` bytes holds; a deferred value
+    is measured where it lies, not read."""
+    if isinstance(element, RawDataElement) and element.value is None and element.value_tell is not None:
+        return max(0, min(element.length, size - element.value_tell))
+    return len(element.value or b"")
+
+
 def _raw_span(element: object, tag: int, implicit: bool, source: bytes) -> tuple[int, int] | None:
     """Where a raw, defined-length element lies in ``source`` (header included), or ``None``."""
     if not isinstance(element, RawDataElement) or element.value_tell is None:
         return None
     if element.length == 0xFFFFFFFF or (element.length == 0 and element.VR == "UN"):
         return None  # pydicom writes an empty UN value with the dictionary's VR
-    stored = len(source) - element.value_tell if element.value is None else len(element.value)
-    if stored < element.length:  # a short value, too
+    if stored_length(element, len(source)) < element.length:  # a short value, too
         return None
     if implicit:
         header = 8
