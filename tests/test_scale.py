@@ -52,3 +52,22 @@ def test_killed_dask_worker_loses_nothing(tmp_path: Path):
     assert summary.counts == {"written": 400, "quarantined": 0, "skipped": 1}
     assert tree_digest(tmp_path / "out") == tree_digest(tmp_path / "ref")
     assert not (tmp_path / "out" / STAGING).exists()
+
+
+def _worker_settings(src: str):
+    import dask
+
+    from deid.audit import FileResult
+
+    profile = dask.config.get("distributed.worker.profile.enabled")
+    return FileResult(src=src, status="skipped", reason=f"{os.environ.get('MALLOC_TRIM_THRESHOLD_')} {profile}")
+
+
+def test_local_cluster_workers_run_without_trim_threshold_or_profiler(monkeypatch: pytest.MonkeyPatch):
+    from deid.executors import run_dask
+
+    # a nanny leaves its pre-spawn variables in this process's environment (the test above)
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+
+    results = list(run_dask(_worker_settings, ["a", "b"], "local:1"))
+    assert [(r.src, r.reason) for r in results] == [("a", "None False"), ("b", "None False")]
