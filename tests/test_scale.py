@@ -59,8 +59,9 @@ def _worker_settings(src: str):
 
     from deid.audit import FileResult
 
+    trim = os.environ.get("MALLOC_TRIM_THRESHOLD_")
     profile = dask.config.get("distributed.worker.profile.enabled")
-    return FileResult(src=src, status="skipped", reason=f"{os.environ.get('MALLOC_TRIM_THRESHOLD_')} {profile}")
+    return FileResult(src=src, status="skipped", reason=f"{trim} {profile}")
 
 
 def test_local_cluster_workers_run_without_trim_threshold_or_profiler(monkeypatch: pytest.MonkeyPatch):
