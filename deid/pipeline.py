@@ -1,9 +1,10 @@
 """``deid run``: discover, read, gate, stages, write, audit.
 
 The driver lists the inputs, skips those the ledger says are done, and hands the rest to the
-workers (:mod:`deid.process`), in process, on joblib's local workers or on Dask. Only the driver
-writes the ledger and the reports. It loads pydicom and the stages only when there is work, so
-that a nightly run over an unchanged tree finishes in a fraction of a second.
+workers (:mod:`deid.process`), in process, on local worker processes or on Dask. Only the driver
+writes the ledger and the reports. It reads the profile's TOML but leaves pydicom and the stages
+to the workers (itself only for one job), so that a nightly run over an unchanged tree finishes in
+a fraction of a second and local workers start with the cores to themselves.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
-from tqdm import tqdm
 
 from deid.audit import STATUSES, FileResult, Ledger
 from deid.config import RunConfig
 from deid.executors import run_dask, run_local
+from deid.header.profiles import load_profile
 from deid.header.pseudonyms import Pseudonymizer
 from deid.staging import clear_staging
 
@@ -160,7 +161,7 @@ def run(
                 if todo:
                     profile = _process(config, todo, input_root, output_root, ledger, jobs, scheduler, name_inputs)
                 elif profile is None:
-                    profile = _compile(config)
+                    profile = _profile_of(config)
             except ValueError:  # a bad profile, rule file or model: leave no empty OUT behind
                 clear_staging(output_root)
                 if made_output:
@@ -197,13 +198,15 @@ def _process(
     Returns
     -------
     tuple
-        The profile's name and options (:func:`_compile`).
+        The profile's name and options (:func:`_profile_of`).
     """
+    from tqdm import tqdm  # only a run with work shows progress
+
     pseudo = Pseudonymizer(config.key)
     process = FileTask(config, input_root, output_root)
     results = run_dask(process, todo, scheduler) if scheduler else run_local(process, todo, jobs)
     try:
-        profile = _compile(config)  # here while the workers start; a bad profile or model stops the run
+        profile = _profile_of(config)  # while the workers start; they build the stages, or raise
         by_dst: dict[str, FileResult] = {}
         for result in tqdm(results, total=len(todo), disable=None, unit="file"):
             for settled in _settle_duplicates(by_dst, result, process):
@@ -216,18 +219,16 @@ def _process(
     return profile
 
 
-def _compile(config: RunConfig) -> tuple[str, tuple[str, ...]]:
-    """Build the worker state of ``config`` in this process (pydicom, profile, stages) and
-    return the profile's name and options.
+def _profile_of(config: RunConfig) -> tuple[str, tuple[str, ...]]:
+    """The name and options of ``config``'s profile, read from its TOML alone: the driver loads
+    neither pydicom nor the stages, which would take CPU from workers starting on the same cores.
 
     Raises
     ------
-    ProfileError, ValueError
-        If the profile, a rule file or the model cannot be loaded.
+    ProfileError
+        If the profile cannot be loaded.
     """
-    from deid.process import worker_for
-
-    profile = worker_for(config).profile
+    profile = load_profile(config.profile, config.options)
     return profile.name, profile.options
 
 

@@ -203,6 +203,7 @@ def test_missing_model_is_a_configuration_error(inputs: Path, tmp_path: Path):
                                        "--deform-model", str(tmp_path / "model.onnx")])
     assert result.exit_code == 3
     assert "metadata" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()  # raised in the workers; the run leaves no empty OUT
 
 
 # -- eligibility, the [0, 1] map and DP-Pix, without the model --------------------------------
