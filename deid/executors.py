@@ -1,13 +1,17 @@
-"""Where the per-file work runs: in process, on local joblib workers, or on a Dask cluster.
+"""Where the per-file work runs: in process, on local worker processes, or on a Dask cluster.
 
 Every executor yields :class:`~deid.audit.FileResult` objects as files finish, so the driver
 keeps the ledger, the manifest and the progress bar exact. Workers build their stages once per
-process (:func:`deid.process.worker_for`), never per file.
+process (:func:`deid.process.worker_for`), never per file. A worker that dies loses no file: its
+files run again, and one that keeps killing its worker is quarantined.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import multiprocessing
+import signal
+from collections import deque
+from collections.abc import Callable, Generator, Iterator
 from functools import partial
 
 from deid.audit import FileResult
@@ -15,6 +19,18 @@ from deid.audit import FileResult
 #: Files per Dask task: amortises the scheduler's per-task cost (about 20 ms); a killed worker
 #: costs at most one chunk of repeated work.
 DASK_CHUNK = 32
+
+#: At most this many files per local task, and at least eight tasks per worker, so that the
+#: workers finish together.
+LOCAL_CHUNK = 32
+
+#: Modules a local worker needs, imported once by the forkserver that forks the workers, so that
+#: no worker imports pydicom itself.
+WORKER_MODULES = ["deid.executors", "deid.pipeline", "deid.process", "loky.process_executor"]
+
+#: Seconds an idle local worker waits for work before it exits (also the longest a worker outlives
+#: a driver that was killed).
+WORKER_IDLE = 60
 
 #: The nanny starts workers with a fixed malloc trim threshold, which makes glibc map and unmap
 #: every pixel buffer afresh: about 20 % more CPU per file here. Local clusters start without it;
@@ -34,17 +50,97 @@ def process_chunk(process: ProcessFile, sources: list[str]) -> list[FileResult]:
 
 
 def run_local(process: ProcessFile, todo: list[str], jobs: int) -> Iterator[FileResult]:
-    """In process for one job, else joblib's loky workers, results in completion order.
+    """In process for one job, else on ``jobs`` local worker processes (``-1``: every core this
+    process may use), results in completion order.
 
-    The workers start, and files are dispatched, as soon as this returns.
+    The workers start, and files are dispatched, when the iteration starts.
     """
     if jobs == 1:
         return map(process, todo)
-    from joblib import Parallel, delayed
+    from loky import cpu_count
 
-    return Parallel(n_jobs=jobs, return_as="generator_unordered", batch_size="auto")(
-        delayed(process)(src) for src in todo
-    )
+    return LocalResults(process, todo, cpu_count() if jobs < 0 else jobs)
+
+
+class LocalResults:
+    """The results of local worker processes (loky's), file by file as chunks finish.
+
+    The workers are forked from a forkserver that has imported :data:`WORKER_MODULES` (where the
+    platform has one), and ignore Ctrl-C, which the driver handles. At most two chunks per worker
+    are in flight. A worker that dies (a codec's crash, the kernel's OOM killer) fails the chunks
+    in flight: their files run again one per task on fresh workers, and a file that fails that way
+    runs once more alone; if its worker dies again, it is quarantined.
+    """
+
+    def __init__(self, process: ProcessFile, todo: list[str], workers: int) -> None:
+        self.process, self.todo, self.workers = process, todo, workers
+        self.executor = None
+
+    def __iter__(self) -> Iterator[FileResult]:
+        size = max(1, min(LOCAL_CHUNK, len(self.todo) // (8 * self.workers)))
+        try:
+            failed = yield from self._run([self.todo[i : i + size] for i in range(0, len(self.todo), size)])
+            failed = yield from self._run([[src] for chunk in failed for src in chunk])
+            for chunk in failed:
+                if (yield from self._run([chunk], alone=True)):
+                    yield _worker_died(chunk[0])
+        finally:
+            self.close()
+
+    def _run(self, chunks: list[list[str]], alone: bool = False) -> Generator[FileResult, None, list]:
+        """Run ``chunks``; yield their results and return those whose worker died."""
+        from loky import FIRST_COMPLETED, BrokenProcessPool, wait
+
+        pending, failed = deque(chunks), []
+        window = 1 if alone else 2 * self.workers
+        while pending:
+            executor = self._start(1 if alone else self.workers)
+            in_flight: dict = {}
+            broken = False
+            while in_flight or (pending and not broken):
+                while pending and not broken and len(in_flight) < window:
+                    try:
+                        future = executor.submit(process_chunk, self.process, pending[0])
+                    except BrokenProcessPool:
+                        broken = True
+                    else:
+                        in_flight[future] = pending.popleft()
+                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in done:
+                    chunk = in_flight.pop(future)
+                    try:
+                        results = future.result()
+                    except BrokenProcessPool:
+                        broken = True
+                        failed.append(chunk)
+                    else:
+                        yield from results
+            self.close()
+        return failed
+
+    def _start(self, workers: int):
+        from loky import ProcessPoolExecutor
+
+        if "forkserver" in multiprocessing.get_all_start_methods():
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(WORKER_MODULES)
+        else:
+            context = None  # loky's own
+        self.executor = ProcessPoolExecutor(
+            workers, timeout=WORKER_IDLE, context=context, initializer=_ignore_sigint
+        )
+        return self.executor
+
+    def close(self) -> None:
+        """Stop the workers; files in flight are given up (written atomically, so nothing is left
+        half-written) and run again by the next run. A second call does nothing more."""
+        if self.executor is not None:
+            self.executor.shutdown(wait=True, kill_workers=True)
+            self.executor = None
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def run_dask(process: ProcessFile, todo: list[str], scheduler: str) -> Iterator[FileResult]:

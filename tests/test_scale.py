@@ -1,4 +1,5 @@
-"""Scale-out: a Dask cluster whose worker is killed mid-run gives the single-process result."""
+"""Scale-out: local workers and a Dask cluster whose worker is killed mid-run give the single-process
+result; a file that kills its worker every time is quarantined."""
 
 from __future__ import annotations
 
@@ -11,14 +12,69 @@ from pathlib import Path
 import pytest
 
 from conftest import KEY
-from deid.pipeline import RunConfig, run
+from deid.executors import run_local
+from deid.pipeline import FileTask, RunConfig, discover, run
 from deid.staging import STAGING
 from test_pipeline import make_inputs, tree_digest
 
-distributed = pytest.importorskip("distributed", reason="the dask extra is not installed")
 
 
-def test_killed_dask_worker_loses_nothing(tmp_path: Path):
+class KillsItsWorker:
+    """The per-file work, except that the worker processing ``victim`` is killed (SIGKILL, as the
+    OOM killer does): every time, or only the first time when ``once`` names a marker file."""
+
+    def __init__(self, task: FileTask, victim: str, once: Path | None = None) -> None:
+        self.task, self.victim, self.once = task, victim, once
+
+    def __call__(self, src: str):
+        if src == self.victim and not (self.once and self.once.exists()):
+            if self.once:
+                self.once.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self.task(src)
+
+
+def _outcomes(results) -> dict[str, tuple]:
+    outcomes = {}
+    for r in results:
+        assert r.src not in outcomes, f"{r.src} reported twice"
+        outcomes[r.src] = (r.status, r.dst, r.sha256, r.reason)
+    return outcomes
+
+
+@pytest.fixture
+def local_inputs(tmp_path: Path) -> tuple[Path, list[str], dict[str, tuple]]:
+    """100 inputs and their outcomes in a single process."""
+    inputs = tmp_path / "in"
+    make_inputs(inputs, patients=5, slices=20)
+    todo = discover(inputs)
+    reference = _outcomes(map(FileTask(RunConfig("basic", (), KEY), inputs, tmp_path / "ref"), todo))
+    return inputs, todo, reference
+
+
+def test_killed_local_worker_loses_nothing(local_inputs, tmp_path: Path):
+    inputs, todo, reference = local_inputs
+    task = FileTask(RunConfig("basic", (), KEY), inputs, tmp_path / "out")
+    killer = KillsItsWorker(task, todo[50], once=tmp_path / "killed")
+    assert _outcomes(run_local(killer, todo, 2)) == reference
+    assert (tmp_path / "killed").exists()
+    assert tree_digest(tmp_path / "out") == tree_digest(tmp_path / "ref")
+
+
+def test_file_that_kills_its_worker_is_quarantined(local_inputs, tmp_path: Path):
+    inputs, todo, reference = local_inputs
+    task = FileTask(RunConfig("basic", (), KEY), inputs, tmp_path / "out")
+    outcomes = _outcomes(run_local(KillsItsWorker(task, todo[50]), todo, 2))
+    assert outcomes.pop(todo[50]) == ("quarantined", "", "", "the worker process died on this file")
+    assert outcomes == {src: outcome for src, outcome in reference.items() if src != todo[50]}
+
+
+@pytest.fixture
+def distributed():
+    return pytest.importorskip("distributed", reason="the dask extra is not installed")
+
+
+def test_killed_dask_worker_loses_nothing(distributed, tmp_path: Path):
     inputs = tmp_path / "in"
     make_inputs(inputs, patients=10, slices=40)
     config = RunConfig("research", (), KEY)
@@ -64,7 +120,7 @@ def _worker_settings(src: str):
     return FileResult(src=src, status="skipped", reason=f"{trim} {profile}")
 
 
-def test_local_cluster_workers_run_without_trim_threshold_or_profiler(monkeypatch: pytest.MonkeyPatch):
+def test_local_cluster_workers_run_without_trim_threshold_or_profiler(distributed, monkeypatch):
     from deid.executors import run_dask
 
     # a nanny leaves its pre-spawn variables in this process's environment (the test above)
