@@ -8,7 +8,6 @@ files run again, and one that keeps killing its worker is quarantined.
 
 from __future__ import annotations
 
-import multiprocessing
 import signal
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
@@ -121,13 +120,8 @@ class LocalResults:
     def _start(self, workers: int):
         from loky import ProcessPoolExecutor
 
-        if "forkserver" in multiprocessing.get_all_start_methods():
-            context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(WORKER_MODULES)
-        else:
-            context = None  # loky's own
         self.executor = ProcessPoolExecutor(
-            workers, timeout=WORKER_IDLE, context=context, initializer=_ignore_sigint
+            workers, timeout=WORKER_IDLE, context=_worker_context(), initializer=_ignore_sigint
         )
         return self.executor
 
@@ -137,6 +131,18 @@ class LocalResults:
         if self.executor is not None:
             self.executor.shutdown(wait=True, kill_workers=True)
             self.executor = None
+
+
+def _worker_context():
+    """The forkserver context, preloading :data:`WORKER_MODULES`; ``None`` (loky's own, which
+    starts each worker afresh) where the platform has no forkserver."""
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return None
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(WORKER_MODULES)
+    return context
 
 
 def _ignore_sigint() -> None:

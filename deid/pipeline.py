@@ -200,12 +200,12 @@ def _process(
     tuple
         The profile's name and options (:func:`_profile_of`).
     """
-    from tqdm import tqdm  # only a run with work shows progress
-
     pseudo = Pseudonymizer(config.key)
     process = FileTask(config, input_root, output_root)
     results = run_dask(process, todo, scheduler) if scheduler else run_local(process, todo, jobs)
     try:
+        from tqdm import tqdm  # only a run with work shows progress
+
         profile = _profile_of(config)  # while the workers start; they build the stages, or raise
         by_dst: dict[str, FileResult] = {}
         for result in tqdm(results, total=len(todo), disable=None, unit="file"):
