@@ -15,7 +15,7 @@ import os
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import structlog
@@ -159,7 +159,9 @@ def run(
             clear_staging(output_root)
             try:
                 if todo:
-                    profile = _process(config, todo, input_root, output_root, ledger, jobs, scheduler, name_inputs)
+                    profile = _process(
+                        config, todo, input_root, output_root, ledger, jobs, scheduler, name_inputs
+                    )
                 elif profile is None:
                     profile = _profile_of(config)
             except ValueError:  # a bad profile, rule file or model: leave no empty OUT behind
@@ -255,15 +257,22 @@ def _settle_duplicates(
     are quarantined."""
     if result.status != "written":
         return [result]
-    first = by_dst.setdefault(result.dst, result)
-    if first is result:
+    first = by_dst.get(result.dst)
+    if first is None:
+        by_dst[result.dst] = _kept(result)
         return [result]
     winner, loser = sorted((first, result), key=lambda r: r.src)
     winner = process(winner.src)
-    by_dst[result.dst] = winner
+    by_dst[result.dst] = _kept(winner)
     loser.status, loser.dst, loser.sha256, loser.uid_pairs = "quarantined", "", "", {}
     loser.reason = "another input has the same SOP Instance UID"
     return [winner, loser]
+
+
+def _kept(result: FileResult) -> FileResult:
+    """What :func:`_settle_duplicates` keeps of a written result: its crosswalk entries are in the
+    ledger already, and a loser's are dropped, so the driver's memory does not grow with them."""
+    return replace(result, uid_pairs={})
 
 
 def _log_result(token: str, result: FileResult, name_input: bool) -> None:

@@ -175,3 +175,33 @@ def test_cli_reports_bad_profile_as_configuration_error(inputs: Path, tmp_path: 
 def test_audit_folder_inside_output_is_refused(inputs: Path, tmp_path: Path):
     with pytest.raises(ValueError, match="outside"):
         run(RunConfig("basic", (), KEY), inputs, tmp_path / "out", tmp_path / "out" / "audit")
+
+
+def test_one_output_per_sop_instance(inputs: Path, tmp_path: Path):
+    original = inputs / "DOE_JOHN0_MRN445560" / "IM0001.dcm"
+    ds = dcmread(original)
+    ds.PixelData = bytes(len(ds.PixelData))  # same SOP Instance UID, other content
+    write(ds, inputs / "ZZZ" / "IM0001.dcm")
+    summary = run(RunConfig("basic", (), KEY), inputs, tmp_path / "out", jobs=1)
+    assert summary.counts == {"written": 12, "quarantined": 1, "skipped": 1}
+    rows = {r["input"]: r for r in csv.DictReader((tmp_path / "out.audit" / "files.csv").open())}
+    assert rows["ZZZ/IM0001.dcm"]["status"] == "quarantined"
+    assert rows["ZZZ/IM0001.dcm"]["reason"] == "another input has the same SOP Instance UID"
+    kept = tmp_path / "out" / rows["DOE_JOHN0_MRN445560/IM0001.dcm"]["output"]
+    assert dcmread(kept).PixelData == dcmread(original).PixelData  # the first by input path
+
+
+def test_a_later_result_with_the_first_input_path_wins():
+    from deid.audit import FileResult
+    from deid.pipeline import _settle_duplicates
+
+    by_dst: dict = {}
+    later = FileResult("b.dcm", "written", dst="x.dcm", sha256="b", uid_pairs={"1.2.3": "2.25.9"})
+    assert _settle_duplicates(by_dst, later, lambda src: None) == [later]
+    assert later.uid_pairs and by_dst["x.dcm"].uid_pairs == {}  # recorded; the driver keeps no crosswalk
+    again = FileResult("a.dcm", "written", dst="x.dcm", sha256="a again")
+    winner, loser = _settle_duplicates(by_dst, FileResult("a.dcm", "written", dst="x.dcm", sha256="a"),
+                                       lambda src: again)
+    assert winner is again
+    assert (loser.src, loser.status, loser.dst, loser.uid_pairs) == ("b.dcm", "quarantined", "", {})
+    assert by_dst["x.dcm"].src == "a.dcm" and by_dst["x.dcm"].uid_pairs == {}

@@ -15,6 +15,9 @@ from functools import lru_cache
 #: Date shifts fall in 1..MAX_SHIFT_DAYS days back in time.
 MAX_SHIFT_DAYS = 3650
 
+#: Pseudonyms remembered per kind (UIDs, tokens).
+CACHE_SIZE = 4096
+
 
 class Pseudonymizer:
     """Derive pseudonyms from a secret key.
@@ -34,8 +37,10 @@ class Pseudonymizer:
         if len(key) < 16:
             raise ValueError("the key must be at least 16 bytes")
         self._key = key
-        self.uid = lru_cache(maxsize=65536)(self._uid)
-        self.token = lru_cache(maxsize=65536)(self._token)
+        # study, series and frame-of-reference UIDs repeat from file to file, instance UIDs do
+        # not: a small cache keeps the repeats, and memory stays flat over a long run
+        self.uid = lru_cache(maxsize=CACHE_SIZE)(self._uid)
+        self.token = lru_cache(maxsize=CACHE_SIZE)(self._token)
 
     def digest(self, domain: str, value: str) -> bytes:
         """HMAC-SHA256 of ``value`` in ``domain`` (domains keep pseudonym kinds apart)."""
