@@ -51,7 +51,7 @@ def process_chunk(process: ProcessFile, sources: list[str]) -> list[FileResult]:
     return [process(src) for src in sources]
 
 
-def chunks(todo: list[str], workers: int, most: int) -> list[list[str]]:
+def chunked(todo: list[str], workers: int, most: int) -> list[list[str]]:
     """``todo`` in chunks of at most ``most`` files, at least :data:`TASKS_PER_WORKER` per worker."""
     size = max(1, min(most, len(todo) // (TASKS_PER_WORKER * workers)))
     return [todo[i : i + size] for i in range(0, len(todo), size)]
@@ -86,7 +86,7 @@ class LocalResults:
 
     def __iter__(self) -> Iterator[FileResult]:
         try:
-            failed = yield from self._run(chunks(self.todo, self.workers, LOCAL_CHUNK))
+            failed = yield from self._run(chunked(self.todo, self.workers, LOCAL_CHUNK))
             failed = yield from self._run([[src] for chunk in failed for src in chunk])
             for chunk in failed:
                 if (yield from self._run([chunk], alone=True)):
@@ -183,7 +183,7 @@ def run_dask(process: ProcessFile, todo: list[str], scheduler: str) -> Iterator[
     client = Client(cluster or scheduler)
     task = partial(process_chunk, process)
     workers = max(1, sum(client.nthreads().values()))  # those connected yet; more may join
-    futures = {client.submit(task, chunk, pure=False): chunk for chunk in chunks(todo, workers, DASK_CHUNK)}
+    futures = {client.submit(task, chunk, pure=False): chunk for chunk in chunked(todo, workers, DASK_CHUNK)}
     return DaskResults(client, cluster, task, futures)
 
 
