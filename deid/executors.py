@@ -15,9 +15,9 @@ from functools import partial
 
 from deid.audit import FileResult
 
-#: At most this many files per Dask task: amortises the scheduler's per-task cost (a run on
-#: two local workers is 4 % faster than with 32); a killed worker costs at most one chunk of
-#: repeated work.
+#: At most this many files per Dask task: amortises the scheduler's per-task cost (a run on a
+#: two-worker LocalCluster is 4 % faster than with 32); a killed worker costs at most one chunk
+#: of repeated work.
 DASK_CHUNK = 128
 
 #: At most this many files per local task.

@@ -17,8 +17,9 @@ from click.testing import CliRunner
 from pydicom import dcmread
 
 from conftest import KEY, make_ct, write
+from deid.audit import FileResult
 from deid.cli import EXIT_LOCKED, main
-from deid.pipeline import AuditLock, RunConfig, run
+from deid.pipeline import AuditLock, RunConfig, _settle_duplicates, run
 
 PHI = ("DOE", "JOHN", "MRN445566", "19610412", "ACC99887", "Springfield", "SN-778899")
 
@@ -192,9 +193,6 @@ def test_one_output_per_sop_instance(inputs: Path, tmp_path: Path):
 
 
 def test_a_later_result_with_the_first_input_path_wins():
-    from deid.audit import FileResult
-    from deid.pipeline import _settle_duplicates
-
     by_dst: dict = {}
     later = FileResult("b.dcm", "written", dst="x.dcm", sha256="b", uid_pairs={"1.2.3": "2.25.9"})
     assert _settle_duplicates(by_dst, later, lambda src: None) == [later]

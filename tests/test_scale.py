@@ -18,7 +18,6 @@ from deid.staging import STAGING
 from test_pipeline import make_inputs, tree_digest
 
 
-
 class KillsItsWorker:
     """The per-file work, except that the worker processing ``victim`` is killed (SIGKILL, as the
     OOM killer does): every time, or only the first time when ``once`` names a marker file."""
@@ -44,7 +43,7 @@ def _outcomes(results) -> dict[str, tuple]:
 
 @pytest.fixture
 def local_inputs(tmp_path: Path) -> tuple[Path, list[str], dict[str, tuple]]:
-    """100 inputs and their outcomes in a single process."""
+    """100 DICOM inputs and a text file, and their outcomes in a single process."""
     inputs = tmp_path / "in"
     make_inputs(inputs, patients=5, slices=20)
     todo = discover(inputs)
