@@ -23,25 +23,34 @@ DASK_CHUNK = 128
 #: At most this many files per local task.
 LOCAL_CHUNK = 32
 
-#: At least this many tasks per worker, so that the workers finish together.
-TASKS_PER_WORKER = 8
+#: Chunks per worker queued or running at once: local workers keep two in flight, and Dask's
+#: scheduler sends a single-threaded worker as many (``worker-saturation`` 1.1, rounded up).
+IN_FLIGHT = 2
 
-#: Modules a local worker needs, imported once by the forkserver that forks the workers, so that
-#: no worker imports pydicom itself.
-WORKER_MODULES = ["deid.executors", "deid.pipeline", "deid.process", "loky.process_executor"]
+#: Modules every worker needs, imported once by the forkserver that forks the workers, so that
+#: no worker imports pydicom itself; :mod:`deid.preload`, last, freezes them.
+WORKER_MODULES = ["deid.executors", "deid.pipeline", "deid.process"]
 
 #: Seconds an idle local worker waits for work before it exits (also the longest a worker outlives
 #: a driver that was killed).
 WORKER_IDLE = 60
 
-#: The nanny starts workers with a fixed malloc trim threshold, which makes glibc map and unmap
-#: every pixel buffer afresh: about 20 % more CPU per file here. Local clusters start without it;
-#: the README says how to do the same on a cluster's workers.
-NANNY_MALLOC_TRIM = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
-
-#: Each worker samples its task thread's stack every 10 ms for the dashboard's profile, which a
-#: local cluster (started without a dashboard) never shows: about 7 % of the run's wall time here.
-WORKER_PROFILE = "distributed.worker.profile.enabled"
+#: A local cluster's Dask configuration; the figures are for a two-worker run here.
+LOCAL_CLUSTER_CONFIG = {
+    # The nanny starts workers with a fixed malloc trim threshold, which makes glibc map and unmap
+    # every pixel buffer afresh: about 20 % more CPU per file.
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+    # Each worker samples its task thread's stack every 10 ms for the dashboard's profile, which a
+    # local cluster (started without a dashboard) never shows: about 7 % of the wall time.
+    "distributed.worker.profile.enabled": False,
+    # The scheduler, each nanny and each worker time their event loop every 20 ms, to warn when it
+    # was blocked for seconds: the wake-ups take the GIL from the task thread, about 4 % of the
+    # wall time. Once a second still catches a blocked loop.
+    "distributed.admin.tick.interval": "1s",
+    # They also read their process's CPU, memory, disk and network counters twice a second for
+    # the dashboard.
+    "distributed.admin.system-monitor.interval": "5s",
+}
 
 ProcessFile = Callable[[str], FileResult]
 
@@ -52,9 +61,15 @@ def process_chunk(process: ProcessFile, sources: list[str]) -> list[FileResult]:
 
 
 def chunked(todo: list[str], workers: int, most: int) -> list[list[str]]:
-    """``todo`` in chunks of at most ``most`` files, at least :data:`TASKS_PER_WORKER` per worker."""
-    size = max(1, min(most, len(todo) // (TASKS_PER_WORKER * workers)))
-    return [todo[i : i + size] for i in range(0, len(todo), size)]
+    """``todo`` in chunks of at most ``most`` files that shrink towards the end, each no more than
+    a share of what remains (one per chunk in flight), so that the workers finish together: with
+    equal chunks, one worker may be left a whole chunk to run alone."""
+    chunks, start = [], 0
+    while start < len(todo):
+        size = max(1, min(most, (len(todo) - start) // (IN_FLIGHT * workers)))
+        chunks.append(todo[start : start + size])
+        start += size
+    return chunks
 
 
 def run_local(process: ProcessFile, todo: list[str], jobs: int) -> Iterator[FileResult]:
@@ -74,10 +89,11 @@ class LocalResults:
     """The results of local worker processes (loky's), file by file as chunks finish.
 
     The workers are forked from a forkserver that has imported :data:`WORKER_MODULES` (where the
-    platform has one), and ignore Ctrl-C, which the driver handles. At most two chunks per worker
-    are in flight. A worker that dies (a codec's crash, the kernel's OOM killer) fails the chunks
-    in flight: their files run again one per task on fresh workers, and a file that fails that way
-    runs once more alone; if its worker dies again, it is quarantined.
+    platform has one; else loky starts each afresh), and ignore Ctrl-C, which the driver handles.
+    :data:`IN_FLIGHT` chunks per worker are in flight. A worker that dies (a codec's crash, the
+    kernel's OOM killer) fails the chunks in flight: their files run again one per task on fresh
+    workers, and a file that fails that way runs once more alone; if its worker dies again, it is
+    quarantined.
     """
 
     def __init__(self, process: ProcessFile, todo: list[str], workers: int) -> None:
@@ -99,7 +115,7 @@ class LocalResults:
         from loky import FIRST_COMPLETED, BrokenProcessPool, wait
 
         pending, failed = deque(chunks), []
-        window = 1 if alone else 2 * self.workers
+        window = 1 if alone else IN_FLIGHT * self.workers
         while pending:
             executor = self._start(1 if alone else self.workers)
             in_flight: dict = {}
@@ -128,8 +144,9 @@ class LocalResults:
     def _start(self, workers: int):
         from loky import ProcessPoolExecutor
 
+        context = _forkserver_context(["loky.process_executor"])
         self.executor = ProcessPoolExecutor(
-            workers, timeout=WORKER_IDLE, context=_worker_context(), initializer=_ignore_sigint
+            workers, timeout=WORKER_IDLE, context=context, initializer=_ignore_sigint
         )
         return self.executor
 
@@ -141,15 +158,18 @@ class LocalResults:
             self.executor = None
 
 
-def _worker_context():
-    """The forkserver context, preloading :data:`WORKER_MODULES`; ``None`` (loky's own, which
-    starts each worker afresh) where the platform has no forkserver."""
+def _forkserver_context(first: list[str]):
+    """The forkserver context, preloading ``first``, :data:`WORKER_MODULES` and
+    :mod:`deid.preload`; ``None`` where the platform has no forkserver.
+
+    The forkserver is one per process: the preload of the first to start it holds.
+    """
     import multiprocessing
 
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return None
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(WORKER_MODULES)
+    context.set_forkserver_preload([*first, *WORKER_MODULES, "deid.preload"])
     return context
 
 
@@ -167,13 +187,20 @@ def run_dask(process: ProcessFile, todo: list[str], scheduler: str) -> Iterator[
     outputs are written atomically, so a repeat writes the same bytes. A chunk whose worker
     keeps dying is split into single files, and a file that still kills its worker is
     quarantined.
+
+    The workers of a local cluster fork from a forkserver (where the platform has one) that has
+    imported distributed and deid while this process imports distributed; like local workers,
+    they inherit this process's environment rather than the nanny's pre-spawn variables.
     """
+    local = scheduler.startswith("local:")
+    forked = local and _start_forkserver()
     import dask
     from distributed import Client, LocalCluster
 
     cluster = None
-    if scheduler.startswith("local:"):
-        with dask.config.set({NANNY_MALLOC_TRIM: None, WORKER_PROFILE: False}):
+    if local:
+        method = {"distributed.worker.multiprocessing-method": "forkserver"} if forked else {}
+        with dask.config.set({**LOCAL_CLUSTER_CONFIG, **method}):
             cluster = LocalCluster(
                 n_workers=int(scheduler.removeprefix("local:")),
                 threads_per_worker=1,
@@ -185,6 +212,17 @@ def run_dask(process: ProcessFile, todo: list[str], scheduler: str) -> Iterator[
     workers = max(1, sum(client.nthreads().values()))  # those connected yet; more may join
     futures = {client.submit(task, chunk, pure=False): chunk for chunk in chunked(todo, workers, DASK_CHUNK)}
     return DaskResults(client, cluster, task, futures)
+
+
+def _start_forkserver() -> bool:
+    """Start the forkserver of a local cluster's workers, preloading distributed; ``False`` where
+    the platform has none."""
+    if _forkserver_context(["distributed"]) is None:
+        return False
+    from multiprocessing import forkserver
+
+    forkserver.ensure_running()
+    return True
 
 
 class DaskResults:

@@ -110,13 +110,16 @@ def test_killed_dask_worker_loses_nothing(distributed, tmp_path: Path):
 
 
 def _worker_settings(src: str):
+    import gc
+
     import dask
 
     from deid.audit import FileResult
 
     trim = os.environ.get("MALLOC_TRIM_THRESHOLD_")
     profile = dask.config.get("distributed.worker.profile.enabled")
-    return FileResult(src=src, status="skipped", reason=f"{trim} {profile}")
+    frozen = gc.get_freeze_count() > 0  # forked from the forkserver, after deid.preload
+    return FileResult(src=src, status="skipped", reason=f"{trim} {profile} {frozen}")
 
 
 def test_local_cluster_workers_run_without_trim_threshold_or_profiler(distributed, monkeypatch):
@@ -126,4 +129,4 @@ def test_local_cluster_workers_run_without_trim_threshold_or_profiler(distribute
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
 
     results = list(run_dask(_worker_settings, ["a", "b"], "local:1"))
-    assert [(r.src, r.reason) for r in results] == [("a", "None False"), ("b", "None False")]
+    assert [(r.src, r.reason) for r in results] == [("a", "None False True"), ("b", "None False True")]
