@@ -47,9 +47,6 @@ LOCAL_CLUSTER_CONFIG = {
     # was blocked for seconds: the wake-ups take the GIL from the task thread, about 4 % of the
     # wall time. Once a second still catches a blocked loop.
     "distributed.admin.tick.interval": "1s",
-    # They also read their process's CPU, memory, disk and network counters twice a second for
-    # the dashboard.
-    "distributed.admin.system-monitor.interval": "5s",
 }
 
 ProcessFile = Callable[[str], FileResult]
