@@ -1,5 +1,7 @@
 """Scale-out and cron figures: files/s for 1 and 2 local workers and a 2-worker Dask LocalCluster,
-peak memory per worker at two corpus sizes, and the cost of an incremental re-run.
+peak memory per worker at two corpus sizes, and the cost of an incremental re-run. Each round also
+times two CPU-bound processes side by side against one, the most two workers can gain on this machine;
+with a 4x corpus, the three runs once more there (one round).
 
 Usage::
 
@@ -17,6 +19,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import record
@@ -53,6 +56,25 @@ def deid_run(corpus: Path, out: Path, *extra: str, clean: bool = True) -> tuple[
     return float(wall), int(peak) / 1024
 
 
+#: A CPU-bound loop of about a second, for :func:`parallel_ceiling`.
+_SPIN = "x = 0\nfor i in range(15_000_000):\n    x += i"
+
+
+def parallel_ceiling() -> float:
+    """How much faster two CPU-bound processes run side by side than one after the other here: the
+    most two workers can gain on this machine (2.0 on two free cores, less where the VM's two cores
+    share a physical one or its host is busy)."""
+    spin = [sys.executable, "-c", _SPIN]
+    start = time.perf_counter()
+    subprocess.run(spin, check=True)
+    alone = time.perf_counter() - start
+    start = time.perf_counter()
+    pair = [subprocess.Popen(spin) for _ in range(2)]
+    for process in pair:
+        process.wait()
+    return 2 * alone / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, required=True)
@@ -66,6 +88,7 @@ def main() -> None:
     out = SCRATCH / "out"
     deid_run(args.corpus, out, "-j", "1")  # warm-up
     walls: dict[str, list[float]] = {"one": [], "two": [], "dask": [], "again": []}
+    ceilings = []
     peaks: dict[str, float] = {}
     for _ in range(args.runs):  # rounds of all four, so drift in machine speed hits each alike
         for name, extra in (("one", ("-j", "1")), ("two", ("-j", "2")), ("dask", ("--scheduler", "local:2"))):
@@ -73,25 +96,32 @@ def main() -> None:
             walls[name].append(wall)
             peaks[name] = max(peaks.get(name, 0.0), peak)
         walls["again"].append(deid_run(args.corpus, out, "-j", "2", clean=False)[0])
+        ceilings.append(parallel_ceiling())
     one, two, dask, again = (statistics.median(walls[k]) for k in ("one", "two", "dask", "again"))
+    ceiling = statistics.median(ceilings)
     peak1, peak2 = peaks["one"], peaks["two"]
     rows = [
         f"| 1 local worker | {one:.2f} | {files / one:.0f} | 1.00 |",
         f"| 2 local workers (loky, forkserver) | {two:.2f} | {files / two:.0f} | {one / two:.2f} |",
         f"| Dask LocalCluster, 2 workers | {dask:.2f} | {files / dask:.0f} | {one / dask:.2f} "
-        f"(Dask overhead against local workers: {dask / two - 1:.0%}) |",
+        f"(Dask overhead against local workers: {dask / two - 1:.1%}) |",
         f"| incremental re-run, nothing changed | {again:.2f} | - | {again / two:.1%} of a full 2-worker run |",
+        f"| two CPU-bound processes against one (this machine's ceiling) | - | - | {ceiling:.2f} |",
     ]
     text = [f"corpus: {args.corpus} ({files} files); header-only; median wall seconds of {args.runs} rounds", "",
             "| run | wall s | files/s | speed-up |", "|---|---|---|---|", *rows, "",
-            "rounds, wall s: " + "; ".join(f"{k} " + " ".join(f"{w:.2f}" for w in v) for k, v in walls.items()),
+            "rounds, wall s: " + "; ".join(f"{k} " + " ".join(f"{w:.2f}" for w in v) for k, v in walls.items())
+            + "; two CPU-bound processes against one " + " ".join(f"{c:.2f}" for c in ceilings),
             f"peak RSS of the largest process: 1 worker {peak1:.0f} MB, 2 workers {peak2:.0f} MB"]
     if args.corpus4:
-        (_, peak4), (_, peak4_two) = (deid_run(args.corpus4, out, "-j", jobs) for jobs in ("1", "2"))
         files4 = sum(1 for p in args.corpus4.rglob("*") if p.is_file())
-        text.append(f"memory as the corpus grows, peak RSS of the largest process, 1 worker / 2 workers: "
-                    f"{files} files {peak1:.0f} / {peak2:.0f} MB, "
-                    f"{files4} files {peak4:.0f} / {peak4_two:.0f} MB")
+        (one4, peak4), (two4, peak4_two), (dask4, _) = (
+            deid_run(args.corpus4, out, *extra) for extra in (("-j", "1"), ("-j", "2"), ("--scheduler", "local:2"))
+        )
+        text += [f"{files4} files, one round: 1 worker {one4:.2f} s, 2 workers {two4:.2f} s ({one4 / two4:.2f}x), "
+                 f"Dask {dask4:.2f} s (overhead against local workers {dask4 / two4 - 1:.1%})",
+                 f"memory as the corpus grows, peak RSS of the largest process, 1 worker / 2 workers: "
+                 f"{files} files {peak1:.0f} / {peak2:.0f} MB, {files4} files {peak4:.0f} / {peak4_two:.0f} MB"]
     print("\n".join(text))
     if args.record:
         record.append(args.record, "Scale-out and incremental runs", "\n".join(text))
