@@ -88,7 +88,7 @@ def main() -> None:
     out = SCRATCH / "out"
     deid_run(args.corpus, out, "-j", "1")  # warm-up
     walls: dict[str, list[float]] = {"one": [], "two": [], "dask": [], "again": []}
-    ceilings = []
+    ceilings: list[float] = []
     peaks: dict[str, float] = {}
     for _ in range(args.runs):  # rounds of all four, so drift in machine speed hits each alike
         for name, extra in (("one", ("-j", "1")), ("two", ("-j", "2")), ("dask", ("--scheduler", "local:2"))):
