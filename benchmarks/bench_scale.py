@@ -44,6 +44,15 @@ print(wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.std
 """
 
 
+#: The three full runs of each round, and of the 4x corpus.
+FULL_RUNS = {"one": ("-j", "1"), "two": ("-j", "2"), "dask": ("--scheduler", "local:2")}
+
+
+def count_files(root: Path) -> int:
+    """Files under ``root``, DICOM or not: every input a run accounts for."""
+    return sum(1 for p in root.rglob("*") if p.is_file())
+
+
 def deid_run(corpus: Path, out: Path, *extra: str, clean: bool = True) -> tuple[float, float]:
     """Wall seconds and peak RSS (MB, largest single process) of one ``deid run``."""
     if clean:
@@ -84,14 +93,14 @@ def main() -> None:
     args = parser.parse_args()
     SCRATCH.mkdir(parents=True, exist_ok=True)
     (SCRATCH / "key").write_text("benchmark-key-0123456789abcdef\n")
-    files = sum(1 for p in args.corpus.rglob("*") if p.is_file())
+    files = count_files(args.corpus)
     out = SCRATCH / "out"
     deid_run(args.corpus, out, "-j", "1")  # warm-up
     walls: dict[str, list[float]] = {"one": [], "two": [], "dask": [], "again": []}
     ceilings: list[float] = []
     peaks: dict[str, float] = {}
     for _ in range(args.runs):  # rounds of all four, so drift in machine speed hits each alike
-        for name, extra in (("one", ("-j", "1")), ("two", ("-j", "2")), ("dask", ("--scheduler", "local:2"))):
+        for name, extra in FULL_RUNS.items():
             wall, peak = deid_run(args.corpus, out, *extra)
             walls[name].append(wall)
             peaks[name] = max(peaks.get(name, 0.0), peak)
@@ -114,9 +123,9 @@ def main() -> None:
             + "; two CPU-bound processes against one " + " ".join(f"{c:.2f}" for c in ceilings),
             f"peak RSS of the largest process: 1 worker {peak1:.0f} MB, 2 workers {peak2:.0f} MB"]
     if args.corpus4:
-        files4 = sum(1 for p in args.corpus4.rglob("*") if p.is_file())
+        files4 = count_files(args.corpus4)
         (one4, peak4), (two4, peak4_two), (dask4, _) = (
-            deid_run(args.corpus4, out, *extra) for extra in (("-j", "1"), ("-j", "2"), ("--scheduler", "local:2"))
+            deid_run(args.corpus4, out, *extra) for extra in FULL_RUNS.values()
         )
         text += [f"{files4} files, one round: 1 worker {one4:.2f} s, 2 workers {two4:.2f} s ({one4 / two4:.2f}x), "
                  f"Dask {dask4:.2f} s (overhead against local workers {dask4 / two4 - 1:.1%})",
