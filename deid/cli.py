@@ -18,6 +18,7 @@ from deid import __version__, logs
 from deid.config import DP_PIX
 
 EXIT_CONFIG = 3
+EXIT_SOFTWARE = 70
 EXIT_LOCKED = 75
 EXIT_INTERRUPTED = 130
 
@@ -155,17 +156,37 @@ def _describe(config, input_dir: Path) -> None:
               help="The input tree whose identifying values must not appear in OUTPUT_DIR.")
 @click.option("--audit-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="The run's audit folder, to pair outputs with inputs; default OUTPUT_DIR.audit.")
-@click.option("--reveal", is_flag=True, help="Print the leaked values (PHI!) too.")
-def verify(output_dir: Path, input_dir: Path, audit_dir: Path | None, reveal: bool) -> None:
-    """Report identifying values of INPUT that survive anywhere in OUTPUT_DIR (exit 1 on a leak)."""
-    from deid.verify import format_leak
-    from deid.verify import verify as find
+@click.option("--profile", "-p", help="Judge retained values by this profile (name or TOML); default the run's.")
+@click.option("--option", "-o", "options", multiple=True, help="With --profile: an option it adds (repeatable).")
+@click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--details", is_flag=True, help="List every retained value, not only their counts by option.")
+@click.option("--reveal", is_flag=True, help="Print the values found (PHI!) too.")
+def verify(output_dir: Path, input_dir: Path, audit_dir: Path | None, profile: str | None,
+           options: tuple[str, ...], output_format: str, details: bool, reveal: bool) -> None:
+    """Report identifying values of INPUT that survive anywhere in OUTPUT_DIR.
 
-    leaks = find(output_dir, input_dir, audit_dir)
-    for leak in leaks:
-        click.echo(format_leak(leak, reveal=reveal))
-    click.echo(f"{len(leaks)} leak(s) found", err=True)
-    sys.exit(1 if leaks else 0)
+    Values the run's profile keeps on purpose (an option such as retain_uids) are listed apart.
+    Exit 0: no leak; 1: a leak; 3: the profile given cannot be loaded; 70: a check failed.
+    """
+    import json
+
+    from deid.header.profiles import ProfileError
+    from deid.verify import verify as check_release
+
+    try:
+        report = check_release(output_dir, input_dir, audit_dir, (profile, options) if profile else None)
+    except ProfileError as exc:
+        click.echo(f"deid verify: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
+    except Exception as exc:  # noqa: BLE001 - one line, never a traceback
+        click.echo(f"deid verify: unexpected error ({type(exc).__name__}); nothing verified", err=True)
+        sys.exit(EXIT_SOFTWARE)
+    if output_format == "json":
+        click.echo(json.dumps(report.as_dict(reveal), indent=2))
+    else:
+        for line in report.lines(reveal, details):
+            click.echo(line)
+    sys.exit(report.exit_code)
 
 
 @main.group()

@@ -27,7 +27,8 @@ def test_sample_is_what_the_generator_makes(tmp_path: Path):
 def test_sample_run_leaks_nothing(tmp_path: Path):
     summary = run(RunConfig("research", ("clean_structured_content",), KEY), SAMPLE, tmp_path / "out", jobs=2)
     assert summary.counts == {"written": 36, "quarantined": 1, "skipped": 3}  # the truncated file
-    assert verify(tmp_path / "out", SAMPLE) == []
+    report = verify(tmp_path / "out", SAMPLE)
+    assert report.exit_code == 0 and report.retained == [], list(report.lines())
     phi = json.loads((SAMPLE / "phi.json").read_text())
     released = b"".join(p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file())
     for values in phi.values():

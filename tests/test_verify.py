@@ -1,16 +1,23 @@
-"""`deid verify`: it must find what survives and stay quiet about what does not."""
+"""`deid verify`: it must find what survives, stay quiet about what does not, tell values kept
+by an option from leaks, and never print a traceback."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 from click.testing import CliRunner
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from conftest import make_ct, write
+from conftest import KEY, make_ct, write
 from deid.cli import main
-from deid.verify import collect_identifiers, find_leaks, format_leak, verify
+from deid.pipeline import RunConfig, run
+from deid.verify import CHECKS, Finding, collect_identifiers, find_leaks, register_check, verify
+from test_pipeline import make_inputs
 
 
 def test_collects_values_three_levels_deep(tmp_path: Path):
@@ -43,12 +50,15 @@ def test_finds_values_in_private_tags_and_paths_but_not_in_pixels(tmp_path: Path
     leaky.AcquisitionDateTime = "20000101"
     leaky.PixelData = b"DOE JOHN".ljust(128, b"\0")  # pixel bytes are not searched
     write(leaky, tmp_path / "out" / "MRN445566" / "b.dcm")
-    leaks = verify(tmp_path / "out", tmp_path / "in")
-    found = {(leak.identifier.value, leak.how) for leak in leaks}
+    report = verify(tmp_path / "out", tmp_path / "in")
+    found = {(group.value, how) for group in report.leaks for _, how in group.places}
     assert found == {("MRN445566", "path"), ("MRN445566", "bytes"), ("DOE", "bytes"), ("JOHN", "bytes")}
     # the private tag carries "DOE JOHN MRN445566"
-    line = format_leak(leaks[0])
-    assert "MRN445566" not in line.split(" in ")[0] and "LEAK" in line
+    assert report.exit_code == 1 and report.retained == []
+    lines = list(report.lines())
+    assert sum(line.startswith("LEAK") for line in lines) == 3  # one per value, with its files
+    assert not any("MRN445566" in line.split(" in ")[0] for line in lines)
+    assert any("MRN445566" in line.split(" in ")[0] for line in report.lines(reveal=True))
 
 
 def test_clean_output_has_no_leak_and_uid_prefixes_do_not_count(tmp_path: Path):
@@ -84,3 +94,91 @@ def test_dates_count_only_in_outputs_of_their_own_input_when_paired(tmp_path: Pa
     assert [leak.identifier.origin for leak in find_leaks(tmp_path / "out", identifiers)] == ["b.dcm"]
     assert find_leaks(tmp_path / "out", identifiers, {"x.txt": "a.dcm"}) == []
     assert len(find_leaks(tmp_path / "out", identifiers, {"x.txt": "b.dcm"})) == 1
+
+
+def test_values_kept_by_an_option_are_reported_apart_and_a_planted_leak_still_fails(tmp_path: Path):
+    make_inputs(tmp_path / "in")
+    options = ("retain_uids", "retain_device_identity")
+    run(RunConfig("basic", options, KEY, header_only=True), tmp_path / "in", tmp_path / "out", jobs=1)
+    runner = CliRunner()
+    result = runner.invoke(main, ["verify", str(tmp_path / "out"), "--against", str(tmp_path / "in")])
+    assert result.exit_code == 0, result.output
+    assert "profile: basic (retain_uids, retain_device_identity; from summary.json)" in result.output
+    assert "RETAINED by retain_uids:" in result.output and "RETAINED by retain_device_identity:" in result.output
+    assert "0 leak(s) found" in result.output and "LEAK" not in result.output
+    assert "12 input DICOM objects" in result.output and "checks: header-values" in result.output
+
+    planted = next((tmp_path / "out").rglob("*.dcm"))
+    ds = dcmread(planted)
+    ds.ImageComments = "seen by DOE JOHN1"
+    ds.save_as(planted)
+    result = runner.invoke(main, ["verify", str(tmp_path / "out"), "--against", str(tmp_path / "in"),
+                                  "--format", "json"])
+    assert result.exit_code == 1
+    report = json.loads(result.output)
+    # "DOE" (Patient's Name and a Person Name deep in a sequence) and "JOHN1", in the planted file
+    assert [(g["kind"], len(g["sources"]), len(g["files"])) for g in report["leaks"]] == [("name", 2, 1), ("name", 1, 1)]
+    assert "value" not in report["leaks"][0]  # PHI only with --reveal
+    assert {g["retained_by"] for g in report["retained"]} == {"retain_uids", "retain_device_identity"}
+    assert report["checked"]["input DICOM objects"] == 12 and report["kinds"]["uid"] > 0
+
+
+def test_without_a_record_of_the_profile_kept_values_are_leaks_unless_one_is_given(tmp_path: Path):
+    make_inputs(tmp_path / "in", patients=1, slices=1)
+    run(RunConfig("basic", ("retain_uids",), KEY, header_only=True), tmp_path / "in", tmp_path / "out", jobs=1)
+    bare = ["verify", str(tmp_path / "out"), "--against", str(tmp_path / "in"), "--audit-dir", str(tmp_path)]
+    result = CliRunner().invoke(main, bare)
+    assert result.exit_code == 1 and "no record of the run's profile" in result.output
+    result = CliRunner().invoke(main, [*bare, "--profile", "basic", "-o", "retain_uids"])
+    assert result.exit_code == 0 and "RETAINED by retain_uids" in result.output
+    result = CliRunner().invoke(main, [*bare, "--profile", "nonesuch"])
+    assert result.exit_code == 3 and "Traceback" not in result.output
+
+
+def test_inputs_with_a_corrupt_vr_are_read_as_run_reads_them_without_a_traceback(tmp_path: Path):
+    data = write(make_ct(), tmp_path / "in" / "a.dcm").read_bytes()
+    name = data.index(b"\x10\x00\x10\x00PN")
+    (tmp_path / "in" / "a.dcm").write_bytes(data[: name + 4] + b"ZZ" + data[name + 6 :])
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "note.txt").write_text("ACC99887")
+    result = subprocess.run(
+        [sys.executable, "-m", "deid.cli", "verify", str(tmp_path / "out"), "--against", str(tmp_path / "in")],
+        capture_output=True, text=True,
+    )
+    assert "Traceback" not in result.stdout + result.stderr
+    assert result.returncode == 1 and "LEAK accession AccessionNumber" in result.stdout
+    assert "1 input elements not decodable (left out)" in result.stdout
+
+
+def test_a_registered_check_plugs_in_and_a_failing_one_is_reported(tmp_path: Path):
+    write(make_ct(), tmp_path / "in" / "a.dcm")
+    write(make_ct(), tmp_path / "out" / "b.dcm")
+
+    class Broken:
+        name = "broken"
+
+        def describe(self) -> str:
+            return "always fails"
+
+        def __call__(self, release):
+            release.count("broken things", 2)
+            raise RuntimeError("no")
+
+    class Pixels:
+        name = "pixels-demo"
+
+        def describe(self) -> str:
+            return "reports one pixel finding"
+
+        def __call__(self, release):
+            yield Finding(self.name, "pixels", "burned-in text", release.output_files()[0], "pixels")
+
+    register_check(Broken)
+    register_check(Pixels())
+    try:
+        report = verify(tmp_path / "out", tmp_path / "in", checks=["broken"])
+        assert report.exit_code == 70 and report.failed == ["broken"] and report.checked["broken things"] == 2
+        report = verify(tmp_path / "out", tmp_path / "in", checks=["pixels-demo"])
+        assert [(g.kind, g.places) for g in report.leaks] == [("pixels", [("b.dcm", "pixels")])]
+    finally:
+        del CHECKS["broken"], CHECKS["pixels-demo"]
