@@ -23,6 +23,14 @@ from pathlib import Path
 #: The three ends an input can reach.
 STATUSES = ("written", "quarantined", "skipped")
 MANIFEST_NAME = "manifest.csv"
+#: The manifest's columns: one row per output object.
+MANIFEST_COLUMNS = (
+    "path", "sop_class_uid", "sop_class_name", "modality", "study_uid", "series_uid", "rows", "columns",
+    "frames", "transfer_syntax", "stages", "pixel_notes", "sha256",
+)
+SERIES_NAME = "series.csv"
+#: The series list's columns: one row per series in the release.
+SERIES_COLUMNS = ("patient", "study_uid", "series_uid", "modality", "series_description", "instances")
 
 
 @dataclass
@@ -47,6 +55,10 @@ class FileResult:
         What the pixel stages did (regions masked by layer, encoding), for the manifest.
     uid_pairs, patient_pair
         Crosswalk entries.
+    meta
+        What the manifest and the series list say of a written object
+        (:func:`deid.process.describe_object`); for an input quarantined as a duplicate,
+        ``kept``: the input written in its place (private).
     """
 
     src: str
@@ -61,16 +73,17 @@ class FileResult:
     notes: str = ""
     uid_pairs: dict[str, str] = field(default_factory=dict)
     patient_pair: tuple[str, str] = ("", "")
+    meta: dict[str, object] = field(default_factory=dict)
 
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files(
     src TEXT PRIMARY KEY, token TEXT, size INTEGER, mtime_ns INTEGER, config TEXT,
     status TEXT CHECK(status IN ('written', 'quarantined', 'skipped')),
-    dst TEXT, sha256 TEXT, sop_class TEXT, stages TEXT, reason TEXT, notes TEXT);
+    dst TEXT, sha256 TEXT, sop_class TEXT, stages TEXT, reason TEXT, notes TEXT, meta TEXT);
 CREATE TABLE IF NOT EXISTS patients(id_old TEXT PRIMARY KEY, id_new TEXT);
 CREATE TABLE IF NOT EXISTS uids(id_old TEXT PRIMARY KEY, id_new TEXT);
-CREATE TABLE IF NOT EXISTS configs(config TEXT PRIMARY KEY, profile TEXT, options TEXT);
+CREATE TABLE IF NOT EXISTS configs(config TEXT PRIMARY KEY, profile TEXT, options TEXT, facts TEXT);
 """
 
 
@@ -94,6 +107,9 @@ class Ledger:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
+        for table, column in (("files", "meta"), ("configs", "facts")):  # a ledger of an older deid
+            if column not in {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
         self._pending = 0
 
     def finished(self, output_root: Path) -> dict[str, tuple[int, int]]:
@@ -109,14 +125,23 @@ class Ledger:
             if status != "written" or os.path.isfile(os.path.join(root, dst))
         }
 
-    def profile(self) -> tuple[str, tuple[str, ...]] | None:
-        """The profile name and options of this configuration, once a run has compiled it."""
-        row = self.db.execute("SELECT profile, options FROM configs WHERE config = ?", (self.config,)).fetchone()
-        return None if row is None else (row[0], tuple(filter(None, row[1].split("+"))))
+    def profile(self) -> dict | None:
+        """What this configuration's profile is (:func:`deid.pipeline.profile_facts`), once a
+        run has compiled it."""
+        row = self.db.execute("SELECT facts FROM configs WHERE config = ?", (self.config,)).fetchone()
+        return json.loads(row[0]) if row and row[0] else None
 
-    def set_profile(self, name: str, options: Iterable[str]) -> None:
-        """Remember what this configuration's profile is called and which options it applies."""
-        self.db.execute("INSERT OR REPLACE INTO configs VALUES (?, ?, ?)", (self.config, name, "+".join(options)))
+    def set_profile(self, facts: dict) -> None:
+        """Remember what this configuration's profile is: name, options, codes (no PHI)."""
+        self.db.execute(
+            "INSERT OR REPLACE INTO configs VALUES (?, ?, ?, ?)",
+            (self.config, facts["name"], "+".join(facts["options"]), json.dumps(facts, sort_keys=True)),
+        )
+
+    def quarantined(self) -> dict[str, tuple[int, int]]:
+        """``src`` to ``(size, mtime_ns)`` of every input the ledger holds as quarantined."""
+        rows = self.db.execute("SELECT src, size, mtime_ns FROM files WHERE status = 'quarantined'")
+        return {src: (size, mtime_ns) for src, size, mtime_ns in rows}
 
     def status_counts(self, sources: Iterable[str]) -> dict[str, int]:
         """Counts per status over ``sources``."""
@@ -130,7 +155,7 @@ class Ledger:
     def record(self, result: FileResult, token: str) -> None:
         """Store ``result`` with the log ``token`` of its input; commits every 64 records."""
         self.db.execute(
-            "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 result.src,
                 token,
@@ -144,6 +169,7 @@ class Ledger:
                 "+".join(result.stages),
                 result.reason,
                 result.notes,
+                json.dumps(result.meta, sort_keys=True) if result.meta else "",
             ),
         )
         if result.patient_pair[0]:
@@ -161,33 +187,48 @@ class Ledger:
         self.commit()
         self.db.close()
 
-    def write_reports(self, output_root: Path, profile: str, options: str) -> None:
-        """Write the release manifest into ``output_root`` and the private reports beside the ledger.
+    def write_reports(self, output_root: Path) -> list[tuple]:
+        """Write the release manifest and series list into ``output_root`` and the private
+        reports beside the ledger.
 
         Every output the ledger knows stays listed, also when its input has since gone: the
         manifest describes what OUT holds. A report whose content is unchanged is not rewritten.
+
+        Returns
+        -------
+        list
+            The ledger's rows, for the release description: ``(src, status, dst, sha256,
+            sop_class, stages, reason, token, notes, meta)`` with ``meta`` decoded.
         """
         self.commit()
-        rows = list(
-            self.db.execute(
-                "SELECT src, status, dst, sha256, sop_class, stages, reason, token, notes FROM files "
+        rows = [
+            (*row[:9], json.loads(row[9]) if row[9] else {})
+            for row in self.db.execute(
+                "SELECT src, status, dst, sha256, sop_class, stages, reason, token, notes, meta FROM files "
                 "ORDER BY src"
             )
-        )
+        ]
+        written = sorted((r for r in rows if r[1] == "written"), key=lambda r: r[2])
         _write_csv(
             output_root / MANIFEST_NAME,
-            ("path", "sop_class_uid", "profile", "options", "stages", "pixel_notes", "sha256"),
-            sorted((r[2], r[4], profile, options, r[5], r[8], r[3]) for r in rows if r[1] == "written"),
+            MANIFEST_COLUMNS,
+            [
+                (r[2], r[4], r[9].get("sop_class_name", ""), r[9].get("modality", ""), r[9].get("study_uid", ""),
+                 r[9].get("series_uid", ""), r[9].get("rows", ""), r[9].get("columns", ""),
+                 r[9].get("frames", ""), r[9].get("transfer_syntax", ""), r[5], r[8], r[3])
+                for r in written
+            ],
         )
+        _write_csv(output_root / SERIES_NAME, SERIES_COLUMNS, series_rows(written))
         _write_csv(
             self.audit_dir / "files.csv",
             ("input", "token", "status", "output", "reason"),
-            [(r[0], r[7], r[1], r[2], r[6]) for r in rows],
+            [(r[0], r[7], r[1], r[2], _private_reason(r)) for r in rows],
         )
         _write_csv(
             self.audit_dir / "quarantine.csv",
             ("input", "reason"),
-            [(r[0], r[6]) for r in rows if r[1] == "quarantined"],
+            [(r[0], _private_reason(r)) for r in rows if r[1] == "quarantined"],
         )
         for table, name in (("patients", "crosswalk_patient_ids.csv"), ("uids", "crosswalk_uids.csv")):
             _write_csv(
@@ -195,9 +236,30 @@ class Ledger:
                 ("id_old", "id_new"),
                 self.db.execute(f"SELECT id_old, id_new FROM {table} ORDER BY id_old"),
             )
+        return rows
 
     def write_summary(self, summary: dict) -> None:
         (self.audit_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def series_rows(written: Iterable[tuple]) -> list[tuple]:
+    """One row per series of the written ledger rows (:meth:`Ledger.write_reports`): patient
+    pseudonym (the first folder of the output path), study and series UIDs, modality, the
+    series description as the profile left it, and the number of instances."""
+    series: dict[tuple[str, str, str], list] = {}
+    for row in written:
+        meta = row[9]
+        key = (row[2].split("/", 1)[0], str(meta.get("study_uid", "")), str(meta.get("series_uid", "")))
+        entry = series.setdefault(key, [meta.get("modality", ""), meta.get("series_description", ""), 0])
+        entry[2] += 1
+    return [(*key, *entry) for key, entry in sorted(series.items())]
+
+
+def _private_reason(row: tuple) -> str:
+    """The reason as the private reports give it: with the input that was kept in a
+    duplicate's place."""
+    kept = row[9].get("kept") if row[1] == "quarantined" else None
+    return f"{row[6]} (kept: {kept})" if kept else row[6]
 
 
 def _write_csv(path: Path, header: tuple[str, ...], rows: Iterable[tuple]) -> None:

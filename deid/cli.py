@@ -1,14 +1,18 @@
 """The ``deid`` command line: thin click commands over :mod:`deid.pipeline` and friends.
 
-Exit codes: 0 every DICOM input written; 1 some quarantined (or, for ``verify``, a leak found);
-2 usage error; 3 configuration error (profile, key, folders); 75 another run holds the output
-folder; 130 interrupted.
+Exit codes: 0 every DICOM input written (or, with ``--fail-on new``, the default, no input
+quarantined that was not quarantined before); 1 inputs quarantined (or, for ``verify``, a leak
+found); 2 usage error; 3 configuration error (profile, key, folders, or an output folder made
+with another key, profile, options or pixel configuration); 70 unexpected internal error; 75
+another run holds the output folder; 130 interrupted.
 """
 
 from __future__ import annotations
 
 import gc
+import secrets
 import sys
+import traceback
 from pathlib import Path
 
 import click
@@ -65,7 +69,13 @@ def main() -> None:
               help="Log format; default JSON lines unless stderr is a terminal.")
 @click.option("--verbose", "-v", is_flag=True, help="Also log skipped (non-DICOM) files.")
 @click.option("--dry-run", is_flag=True,
-              help="Say what the run would do (stages, profile, files found) and write nothing.")
+              help="Say what the run would do (stages, profile, files found) and write nothing, not even a key.")
+@click.option("--rebuild", is_flag=True,
+              help="Replace the whole release: build it anew beside OUTPUT_DIR and swap it in (the old "
+                   "release stays intact until then). Needed to change key, profile, options or pixels.")
+@click.option("--fail-on", type=click.Choice(["new", "any", "never"]), default="new", show_default=True,
+              help="Exit 1 for inputs quarantined by this run that were not before (new), for any "
+                   "quarantined input (any), or never.")
 def run(
     input_dir: Path,
     output_dir: Path,
@@ -87,29 +97,34 @@ def run(
     json_logs: bool | None,
     verbose: bool,
     dry_run: bool,
+    rebuild: bool,
+    fail_on: str,
 ) -> None:
     """De-identify every DICOM file under INPUT_DIR into OUTPUT_DIR."""
     from deid.header.profiles import ProfileError
     from deid.keys import KeyFileError, load_key
     from deid.pipeline import LockedError, RunConfig, default_audit_dir
     from deid.pipeline import run as run_pipeline
+    from deid.release import ReleaseMismatch
 
     json_lines = logs.configure(json_logs, verbose)
     log = structlog.get_logger()
     try:
+        key = load_key(key_file, create=not dry_run)
         config = RunConfig(
-            profile, options, load_key(key_file), header_only, text_mode, text_fill, pixels=pixels,
-            deform_model=str(deform_model) if deform_model else None,
+            profile, options, key or secrets.token_bytes(32), header_only, text_mode, text_fill,
+            pixels=pixels, deform_model=str(deform_model) if deform_model else None,
             deform_rules=str(deform_rules) if deform_rules else None,
             dp_pix=(dp_pix_block, dp_pix_epsilon, dp_pix_m),
         )
         if dry_run:
-            _describe(config, input_dir)
+            _describe(config, input_dir, key is not None)
             return
         summary = run_pipeline(
-            config, input_dir, output_dir, audit_dir, jobs, scheduler, name_inputs=not json_lines
+            config, input_dir, output_dir, audit_dir, jobs, scheduler, name_inputs=not json_lines,
+            rebuild=rebuild, fail_on=fail_on,
         )
-    except (ProfileError, KeyFileError, ValueError) as exc:
+    except (ProfileError, KeyFileError, ReleaseMismatch, ValueError) as exc:
         log.error("configuration error", reason=str(exc))
         sys.exit(EXIT_CONFIG)
     except LockedError as exc:
@@ -118,30 +133,50 @@ def run(
     except KeyboardInterrupt:
         log.error("interrupted; run again to finish")
         sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:  # noqa: BLE001 - one line, not a traceback, for what was not foreseen
+        log.error("unexpected error; please report it", **unexpected(exc, detail=not json_lines))
+        sys.exit(EXIT_SOFTWARE)
     audit = (audit_dir or default_audit_dir(output_dir.resolve()))
     log.info(
         "run finished",
         **summary.counts,
+        new_quarantined=summary.new_quarantined,
         processed=summary.processed,
         resumed=summary.resumed,
         seconds=round(summary.seconds, 2),
+        key_fingerprint=summary.release["key_fingerprint"],
         audit=str(audit),
     )
     if summary.counts["quarantined"]:
         click.echo(
-            f"{summary.counts['quarantined']} input(s) quarantined: see {audit / 'quarantine.csv'}",
+            f"{summary.counts['quarantined']} input(s) quarantined ({summary.new_quarantined} new): "
+            f"see {audit / 'quarantine.csv'}",
             err=True,
         )
     gc.freeze()  # spares the interpreter's final collection, which walks every object for nothing
     sys.exit(summary.exit_code)
 
 
-def _describe(config, input_dir: Path) -> None:
+def unexpected(exc: BaseException, detail: bool) -> dict[str, str]:
+    """What the one line on an unexpected error says: the exception's type and where it was
+    raised; its message (which may quote an input path or value) only when ``detail``."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "?"
+    event = {"error": type(exc).__name__, "where": where}
+    if detail:
+        event["reason"] = str(exc)
+    return event
+
+
+def _describe(config, input_dir: Path, have_key: bool) -> None:
     """Print the stages a run would apply and how many files it would look at."""
+    from deid.keys import default_key_path
     from deid.pipeline import discover
     from deid.process import worker_for
 
     worker = worker_for(config)
+    if not have_key:
+        click.echo(f"key: none yet; a run would create {default_key_path()}")
     click.echo(f"profile {worker.profile.name}; options: {', '.join(worker.profile.options) or 'none'}")
     click.echo(f"pixels: {'none (header only)' if config.header_only else config.pixels}")
     for number, stage in enumerate(worker.stages, 1):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pydicom._uid_dict import UID_dictionary
-from pydicom.uid import MediaStorageDirectoryStorage
 
 from deid.header.profiles import Profile
 from deid.stage import Item, Quarantined
@@ -71,7 +70,7 @@ class Gate:
 
     def describe(self) -> str:
         return (
-            "quarantine encapsulated documents, DICOMDIRs, unknown SOP classes, SR content without "
+            "quarantine encapsulated documents, unknown SOP classes, SR content without "
             "Clean Structured Content, and images likely to carry burned-in text when no pixel "
             "cleaning runs"
         )
@@ -81,8 +80,6 @@ class Gate:
         sop_class = str(ds.get("SOPClassUID", "") or getattr(ds.file_meta, "MediaStorageSOPClassUID", ""))
         if not sop_class or not ds.get("SOPInstanceUID"):
             raise Quarantined("missing SOP Class UID or SOP Instance UID")
-        if sop_class == MediaStorageDirectoryStorage:
-            raise Quarantined("DICOMDIR: regenerate it for the release instead of copying it")
         if sop_class in ENCAPSULATED_DOCUMENTS:
             raise Quarantined("encapsulated document: its payload cannot be de-identified")
         if sop_class not in UID_dictionary:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 from pathlib import Path
 
 import platformdirs
@@ -22,18 +23,25 @@ def default_key_path() -> Path:
     return Path(platformdirs.user_config_dir("deid")) / "key"
 
 
-def load_key(key_file: Path | None) -> bytes:
+def load_key(key_file: Path | None, create: bool = True) -> bytes | None:
     """Read the secret key, creating the per-user default key once if none is given.
+
+    A key file that other users may read is accepted (container secrets are often mounted
+    0444) with one warning.
 
     Parameters
     ----------
     key_file
         Explicit key file, else ``$DEID_KEY_FILE``, else :func:`default_key_path`.
+    create
+        Create the per-user default key if it does not exist; if false (``--dry-run``), return
+        ``None`` instead.
 
     Returns
     -------
-    bytes
-        The key (file content without surrounding whitespace).
+    bytes or None
+        The key (file content without surrounding whitespace); ``None`` only when the default
+        key does not exist and ``create`` is false.
 
     Raises
     ------
@@ -45,6 +53,8 @@ def load_key(key_file: Path | None) -> bytes:
     if key_file is None:
         key_file = default_key_path()
         if not key_file.exists():
+            if not create:
+                return None
             key_file.parent.mkdir(parents=True, exist_ok=True)
             descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(descriptor, "w") as handle:
@@ -56,8 +66,14 @@ def load_key(key_file: Path | None) -> bytes:
             )
     try:
         key = key_file.read_bytes().strip()
+        mode = key_file.stat().st_mode
     except OSError as exc:
         raise KeyFileError(f"cannot read key file {key_file}: {exc.strerror}") from exc
     if len(key) < 16:
         raise KeyFileError(f"key file {key_file} holds fewer than 16 bytes")
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        structlog.get_logger().warning(
+            f"key file {key_file} is readable by other users (mode {stat.S_IMODE(mode):04o}); "
+            f"unless it is a read-only secret mount, run: chmod 600 {key_file}"
+        )
     return key

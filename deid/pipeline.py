@@ -12,22 +12,27 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import structlog
 
+from deid import release
 from deid.audit import STATUSES, FileResult, Ledger
 from deid.config import RunConfig
+from deid.description import write_description
 from deid.executors import run_dask, run_local
 from deid.header.profiles import load_profile
 from deid.header.pseudonyms import Pseudonymizer
 from deid.staging import clear_staging
 
 LOCK_NAME = ".deid.lock"
+#: The reason of an input quarantined because another input, which was kept, has its SOP Instance UID.
+DUPLICATE_REASON = "another input has the same SOP Instance UID"
 log = structlog.get_logger()
 
 
@@ -57,18 +62,43 @@ def discover(root: Path) -> list[str]:
     return list(inventory(root))
 
 
+#: What makes ``deid run`` exit 1: quarantines new in this run (the default), any, or none.
+FAIL_ON = ("new", "any", "never")
+
+
 @dataclass
 class RunSummary:
-    """Counts of one run; ``exit_code`` follows the documented convention."""
+    """Counts of one run; ``exit_code`` follows the documented convention.
+
+    Attributes
+    ----------
+    counts
+        Written, quarantined and skipped inputs over the whole input tree.
+    processed, resumed
+        Inputs processed by this run, and inputs a previous run had finished.
+    seconds
+        Wall time of the run.
+    new_quarantined
+        Inputs quarantined by this run that were not quarantined before as they are.
+    release
+        The release's identity (:func:`deid.release.identity`): key fingerprint, profile,
+        options, pixel configuration.
+    fail_on
+        Which quarantines make the exit code 1 (:data:`FAIL_ON`).
+    """
 
     counts: dict[str, int]
     processed: int
     resumed: int
     seconds: float
+    new_quarantined: int = 0
+    release: dict = field(default_factory=dict)
+    fail_on: str = "new"
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.counts["quarantined"] else 0
+        failed = {"new": self.new_quarantined, "any": self.counts["quarantined"], "never": 0}[self.fail_on]
+        return 1 if failed else 0
 
 
 class AuditLock:
@@ -109,6 +139,8 @@ def run(
     jobs: int = -1,
     scheduler: str | None = None,
     name_inputs: bool = False,
+    rebuild: bool = False,
+    fail_on: str = "new",
 ) -> RunSummary:
     """De-identify every file under ``input_root`` into ``output_root``.
 
@@ -127,6 +159,11 @@ def run(
     name_inputs
         Name the input path in the event of a file that was not written (for a steward at a
         terminal; archived JSON logs keep to the keyed token).
+    rebuild
+        Build a whole new release aside (with its own audit folder) and swap it in for the old
+        one, which stays intact until then; the way to change key, profile, options or pixels.
+    fail_on
+        Which quarantines make :attr:`RunSummary.exit_code` 1 (:data:`FAIL_ON`).
 
     Returns
     -------
@@ -137,51 +174,91 @@ def run(
     ------
     LockedError
         If another run holds the output folder.
+    ReleaseMismatch
+        If the output folder holds a release made with another key, profile, options or
+        pixel configuration (and ``rebuild`` is not set).
     ValueError
         If the audit folder lies inside the output folder or the input inside the output.
     """
     started = time.monotonic()
     input_root, output_root = input_root.resolve(), output_root.resolve()
     audit_dir = (audit_dir or default_audit_dir(output_root)).resolve()
+    if fail_on not in FAIL_ON:
+        raise ValueError(f"--fail-on must be one of {', '.join(FAIL_ON)}")
     if audit_dir.is_relative_to(output_root):
         raise ValueError("the audit folder must lie outside the output folder")
     if input_root.is_relative_to(output_root) or output_root.is_relative_to(input_root):
         raise ValueError("input and output folders must not contain each other")
     with AuditLock(audit_dir):
-        ledger = Ledger(audit_dir, config.fingerprint())
-        try:
-            sources = inventory(input_root)
-            finished = ledger.finished(output_root)
-            todo = [src for src, seen in sources.items() if finished.get(src) != seen]
-            profile = ledger.profile()
-            made_output = not output_root.exists()
-            output_root.mkdir(parents=True, exist_ok=True)
-            clear_staging(output_root)
+        release.recover(output_root, audit_dir)
+        if not rebuild:
+            summary = _run_locked(config, input_root, output_root, audit_dir, jobs, scheduler, name_inputs)
+        else:
+            new_output, new_audit = release.aside(output_root), release.aside(audit_dir)
             try:
-                if todo:
-                    profile = _process(
-                        config, todo, input_root, output_root, ledger, jobs, scheduler, name_inputs
-                    )
-                elif profile is None:
-                    profile = _profile_of(config)
-            except ValueError:  # a bad profile, rule file or model: leave no empty OUT behind
-                clear_staging(output_root)
-                if made_output:
-                    with contextlib.suppress(OSError):
-                        output_root.rmdir()
+                summary = _run_locked(config, input_root, new_output, new_audit, jobs, scheduler, name_inputs)
+            except BaseException:
+                for folder in (new_output, new_audit):
+                    shutil.rmtree(folder, ignore_errors=True)
                 raise
-            ledger.set_profile(*profile)
+            release.swap_in(output_root, audit_dir)
+    summary.seconds = time.monotonic() - started
+    summary.fail_on = fail_on
+    return summary
+
+
+def _run_locked(
+    config: RunConfig,
+    input_root: Path,
+    output_root: Path,
+    audit_dir: Path,
+    jobs: int,
+    scheduler: str | None,
+    name_inputs: bool,
+) -> RunSummary:
+    """:func:`run` once the audit folder is locked and the folders are checked."""
+    ledger = Ledger(audit_dir, config.fingerprint())
+    try:
+        sources = inventory(input_root)
+        finished = ledger.finished(output_root)
+        todo = [src for src, seen in sources.items() if finished.get(src) != seen]
+        facts = ledger.profile() or profile_facts(config)
+        name, options = facts["name"], tuple(facts["options"])
+        identity = release.identity(config, name, options)
+        made_output = not output_root.exists()
+        output_root.mkdir(parents=True, exist_ok=True)
+        release.claim(output_root, identity)
+        release.write_json_atomic(audit_dir / release.AUDIT_COPY_NAME, identity)
+        clear_staging(output_root)
+        quarantined_before = ledger.quarantined()
+        try:
+            if todo:
+                _process(config, todo, input_root, output_root, ledger, jobs, scheduler, name_inputs)
+        except ValueError:  # a bad profile, rule file or model: leave no empty OUT behind
             clear_staging(output_root)
-            name, options = profile
-            ledger.write_reports(output_root, name, "+".join(options))
-            counts = ledger.status_counts(sources)
-            summary = RunSummary(counts, len(todo), len(sources) - len(todo), time.monotonic() - started)
-            ledger.write_summary(
-                {"counts": counts, "processed": summary.processed, "resumed": summary.resumed,
-                 "profile": name, "options": list(options)}
-            )
-        finally:
-            ledger.close()
+            if made_output:
+                with contextlib.suppress(OSError):
+                    (output_root / release.MARKER_NAME).unlink()
+                    output_root.rmdir()
+            raise
+        ledger.set_profile(facts)
+        clear_staging(output_root)
+        rows = ledger.write_reports(output_root)
+        write_description(
+            output_root, identity, facts, rows, Path(config.deform_model) if config.deform_model else None
+        )
+        counts = ledger.status_counts(sources)
+        new_quarantined = sum(
+            1 for src, seen in ledger.quarantined().items() if src in sources and quarantined_before.get(src) != seen
+        )
+        summary = RunSummary(counts, len(todo), len(sources) - len(todo), 0.0, new_quarantined, identity)
+        ledger.write_summary(
+            {"counts": counts, "processed": summary.processed, "resumed": summary.resumed,
+             "new_quarantined": new_quarantined, "profile": name, "options": list(options),
+             "key_fingerprint": identity["key_fingerprint"], "release": identity}
+        )
+    finally:
+        ledger.close()
     return summary
 
 
@@ -194,36 +271,35 @@ def _process(
     jobs: int,
     scheduler: str | None,
     name_inputs: bool,
-) -> tuple[str, tuple[str, ...]]:
-    """Run ``todo`` through the workers; record and log each result as it arrives.
-
-    Returns
-    -------
-    tuple
-        The profile's name and options (:func:`_profile_of`).
-    """
+) -> None:
+    """Run ``todo`` through the workers; record and log each result as it arrives."""
     pseudo = Pseudonymizer(config.key)
     process = FileTask(config, input_root, output_root)
     results = run_dask(process, todo, scheduler) if scheduler else run_local(process, todo, jobs)
     try:
         from tqdm import tqdm  # only a run with work shows progress
 
-        profile = _profile_of(config)  # while the workers start; they build the stages, or raise
         by_dst: dict[str, FileResult] = {}
         for result in tqdm(results, total=len(todo), disable=None, unit="file"):
             for settled in _settle_duplicates(by_dst, result, process):
                 token = pseudo.token(f"src:{settled.src}")[:10]
                 ledger.record(settled, token)
-                _log_result(token, settled, name_inputs)
+                kept = str(settled.meta.get("kept", "")) if settled.status == "quarantined" else ""
+                _log_result(token, settled, name_inputs, pseudo.token(f"src:{kept}")[:10] if kept else "")
     finally:
         if hasattr(results, "close"):
             results.close()  # stop the workers' remaining tasks if this ended early
-    return profile
 
 
-def _profile_of(config: RunConfig) -> tuple[str, tuple[str, ...]]:
-    """The name and options of ``config``'s profile, read from its TOML alone: the driver loads
-    neither pydicom nor the stages, which would take CPU from workers starting on the same cores.
+def profile_facts(config: RunConfig) -> dict:
+    """What the release description and the release's identity say of ``config``'s profile:
+    ``name``, ``description``, ``options`` (in force), ``own_options`` (those the profile
+    declares), ``codes`` (CID 7050 value and meaning), ``date_option`` and ``weakened``.
+
+    Read from the profile's TOML alone: the driver loads neither pydicom nor the stages, which
+    would take CPU from workers starting on the same cores. A profile that cannot claim the
+    Basic profile (:attr:`~deid.header.profiles.Profile.weakened`) is said so here, once per
+    configuration (the ledger remembers the facts).
 
     Raises
     ------
@@ -231,7 +307,20 @@ def _profile_of(config: RunConfig) -> tuple[str, tuple[str, ...]]:
         If the profile cannot be loaded.
     """
     profile = load_profile(config.profile, config.options)
-    return profile.name, profile.options
+    if profile.weakened:
+        log.warning(
+            "the site profile keeps what the Basic profile removes; CID 7050 113100 is not claimed",
+            kept="; ".join(profile.weakened),
+        )
+    return {
+        "name": profile.name,
+        "description": profile.description,
+        "options": list(profile.options),
+        "own_options": [o for o in profile.options if o not in config.options],
+        "codes": [[code.value, code.meaning] for code in profile.codes],
+        "date_option": profile.date_option,
+        "weakened": list(profile.weakened),
+    }
 
 
 @dataclass(frozen=True)
@@ -265,7 +354,8 @@ def _settle_duplicates(
     winner = process(winner.src)
     by_dst[result.dst] = _kept(winner)
     loser.status, loser.dst, loser.sha256, loser.uid_pairs = "quarantined", "", "", {}
-    loser.reason = "another input has the same SOP Instance UID"
+    loser.reason = DUPLICATE_REASON
+    loser.meta = {"kept": winner.src}
     return [winner, loser]
 
 
@@ -275,16 +365,19 @@ def _kept(result: FileResult) -> FileResult:
     return replace(result, uid_pairs={})
 
 
-def _log_result(token: str, result: FileResult, name_input: bool) -> None:
+def _log_result(token: str, result: FileResult, name_input: bool, kept_token: str = "") -> None:
     """One event per file, without PHI: ``src`` is a keyed token of the input path, which the
-    private ``files.csv`` resolves; ``name_input`` adds the path to quarantine events."""
+    private ``files.csv`` resolves; ``name_input`` adds the path to quarantine events.
+    ``kept_token`` names the input kept in a duplicate's place the same way."""
     event = {"src": token, "status": result.status}
     if result.status == "written":
         log.info("file", dst=result.dst, **event)
     elif result.status == "quarantined":
+        if kept_token:
+            event["kept"] = str(result.meta["kept"]) if name_input else kept_token
         log.warning("file", reason=result.reason, **event, **({"input": result.src} if name_input else {}))
     else:
         log.debug("file", reason=result.reason, **event)
 
 
-__all__ = ["RunConfig", "RunSummary", "run", "discover", "inventory", "LockedError", "STATUSES"]
+__all__ = ["RunConfig", "RunSummary", "run", "discover", "inventory", "LockedError", "STATUSES", "FAIL_ON"]

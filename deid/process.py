@@ -15,7 +15,12 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    MediaStorageDirectoryStorage,
+)
 
 from deid.audit import FileResult
 from deid.config import PIXEL_STAGES, RunConfig
@@ -153,6 +158,30 @@ def _check_pixels(ds, size: int) -> None:
         raise Quarantined("truncated pixel data")
 
 
+def is_media_directory(ds) -> bool:
+    """Whether ``ds`` is a DICOMDIR (Media Storage Directory), which indexes files rather than
+    holding an object: it is skipped, never copied (its paths and names would be the inputs')."""
+    sop_class = getattr(ds.file_meta, "MediaStorageSOPClassUID", None) or ds.get("SOPClassUID", "")
+    return str(sop_class) == MediaStorageDirectoryStorage or "DirectoryRecordSequence" in ds
+
+
+def describe_object(ds) -> dict[str, object]:
+    """What the release's manifest and series list say of a written object (no PHI: UIDs are
+    the new ones, the series description as the profile left it)."""
+    sop_class = ds.SOPClassUID
+    return {
+        "modality": str(ds.get("Modality", "") or ""),
+        "sop_class_name": sop_class.name if sop_class.is_valid and sop_class.name != sop_class else "",
+        "study_uid": str(ds.get("StudyInstanceUID", "") or ""),
+        "series_uid": str(ds.get("SeriesInstanceUID", "") or ""),
+        "series_description": str(ds.get("SeriesDescription", "") or ""),
+        "rows": int(ds.get("Rows", 0) or 0),
+        "columns": int(ds.get("Columns", 0) or 0),
+        "frames": int(ds.get("NumberOfFrames", 1) or 1) if "PixelData" in ds else 0,
+        "transfer_syntax": str(ds.file_meta.TransferSyntaxUID),
+    }
+
+
 def process_file(config: RunConfig, input_root: Path, output_root: Path, src: str) -> FileResult:
     """Take one input file to its end: written, quarantined or skipped.
 
@@ -177,6 +206,9 @@ def _take_to_end(worker: Worker, path: Path, output_root: Path, src: str) -> Fil
         if ds is None:
             result.status, result.reason = "skipped", "not DICOM"
             return result
+        if is_media_directory(ds):
+            result.status, result.reason = "skipped", "DICOMDIR (a media directory; --dicomdir writes one for OUT)"
+            return result
         _settle_transfer_syntax(ds)
         _check_pixels(ds, len(data))
         item = Item(ds)
@@ -196,9 +228,10 @@ def _take_to_end(worker: Worker, path: Path, output_root: Path, src: str) -> Fil
     result.sop_class = str(ds.SOPClassUID)
     result.stages = tuple(item.stages)
     result.notes = "; ".join(item.notes)
+    result.meta = describe_object(ds)
     result.uid_pairs = item.uid_pairs
     result.patient_pair = item.patient_pair
     return result
 
 
-__all__ = ["Worker", "worker_for", "process_file"]
+__all__ = ["Worker", "worker_for", "process_file", "is_media_directory", "describe_object"]

@@ -34,6 +34,7 @@ def shared() -> Path:
 def key_file(tmp_path: Path) -> Path:
     path = tmp_path / "key"
     path.write_text("0123456789abcdef0123456789abcdef\n")
+    path.chmod(0o600)
     return path
 
 

@@ -187,7 +187,9 @@ def test_one_output_per_sop_instance(inputs: Path, tmp_path: Path):
     assert summary.counts == {"written": 12, "quarantined": 1, "skipped": 1}
     rows = {r["input"]: r for r in csv.DictReader((tmp_path / "out.audit" / "files.csv").open())}
     assert rows["ZZZ/IM0001.dcm"]["status"] == "quarantined"
-    assert rows["ZZZ/IM0001.dcm"]["reason"] == "another input has the same SOP Instance UID"
+    assert rows["ZZZ/IM0001.dcm"]["reason"] == (
+        "another input has the same SOP Instance UID (kept: DOE_JOHN0_MRN445560/IM0001.dcm)"
+    )
     kept = tmp_path / "out" / rows["DOE_JOHN0_MRN445560/IM0001.dcm"]["output"]
     assert dcmread(kept).PixelData == dcmread(original).PixelData  # the first by input path
 

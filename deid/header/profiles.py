@@ -15,6 +15,7 @@ X/Z/D X/Z/U*``.
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -39,6 +40,15 @@ OPTIONS = (
     "clean_structured_content",
     "clean_graphics",
 )
+
+#: The keys a profile file may hold: its tables, the ``[profile]`` keys and the ``[[rule]]`` keys.
+FILE_KEYS = frozenset({"profile", "rule"})
+PROFILE_KEYS = frozenset(
+    {"name", "description", "extends", "options", "private_tables", "code_value", "coding_scheme", "code_meaning"}
+)
+RULE_KEYS = frozenset({"tag", "keyword", "vr", "private_creator", "element", "action", "name", "in_std_comp_iod"})
+#: The CID 7050 code of the Basic Application Confidentiality Profile.
+BASIC_PROFILE_CODE = "113100"
 
 #: Table E.1-1's row for all private attributes.
 PRIVATE_ROW = "(gggg,eeee)"
@@ -101,6 +111,11 @@ class Profile:
         (the TCIA private-tag knowledge base for ``research``); consulted under Retain Safe Private.
     sr_concepts
         ``(coding scheme, code value)`` to action for Clean Structured Content.
+    description
+        The profile's own one-line description.
+    weakened
+        Why the Basic profile (CID 7050 113100) is not claimed: the site rules that keep what
+        Basic and the options remove, one phrase each; empty when it is claimed.
     """
 
     name: str
@@ -113,6 +128,8 @@ class Profile:
     safe_private: frozenset[tuple[str, int, int]] = frozenset()
     private_table: dict[tuple[str, int, int], str] = field(default_factory=dict)
     sr_concepts: dict[tuple[str, str], str] = field(default_factory=dict)
+    weakened: tuple[str, ...] = ()
+    description: str = ""
 
     @property
     def date_option(self) -> str | None:
@@ -178,7 +195,39 @@ def _resolve_path(name_or_path: str, base: Path | None = None) -> Path:
         if not candidate.is_absolute() and base is not None and not candidate.exists():
             candidate = base / candidate
         return candidate
-    return rules_dir() / f"{name_or_path}.toml"
+    path = rules_dir() / f"{name_or_path}.toml"
+    if not path.is_file():
+        raise ProfileError(
+            f"unknown profile {name_or_path!r}{_suggest(name_or_path, shipped_profiles())}; shipped profiles: "
+            f"{', '.join(shipped_profiles())}, or the path of a site profile (.toml)"
+        )
+    return path
+
+
+def _suggest(word: str, known: list[str] | tuple[str, ...] | frozenset[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``known``, or ``""``."""
+    close = difflib.get_close_matches(word, sorted(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _check_keys(path: Path, data: dict) -> None:
+    """Refuse keys a profile file may not hold (a misspelt key would otherwise be ignored).
+
+    Raises
+    ------
+    ProfileError
+        Naming the first unknown key, where it is and the closest known key.
+    """
+    places: list[tuple[str, object, frozenset[str]]] = [("the file", data, FILE_KEYS)]
+    places.append(("[profile]", data.get("profile", {}), PROFILE_KEYS))
+    rules = data.get("rule", [])
+    places += [(f"[[rule]] number {n}", entry, RULE_KEYS) for n, entry in enumerate(rules, 1)]
+    for where, table, known in places:
+        if not isinstance(table, dict):
+            raise ProfileError(f"{path}: {where} is not a table")
+        for key in table:
+            if key not in known:
+                raise ProfileError(f"{path}: unknown key {key!r} in {where}{_suggest(key, known)}")
 
 
 def _rule(entry: dict, source: str, site: bool = False) -> Rule:
@@ -284,6 +333,7 @@ def load_profile(name_or_path: str, extra_options: tuple[str, ...] = ()) -> Prof
             raise ProfileError(f"profile {path} extends itself")
         seen.add(path)
         data = _read(path)
+        _check_keys(path, data)
         chain.append((path, data))
         parent = data.get("profile", {}).get("extends")
         if not parent:
@@ -297,7 +347,9 @@ def load_profile(name_or_path: str, extra_options: tuple[str, ...] = ()) -> Prof
     options += extra_options
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
-        raise ProfileError(f"unknown option(s): {', '.join(unknown)}; known: {', '.join(OPTIONS)}")
+        raise ProfileError(
+            f"unknown option(s): {', '.join(unknown)}{_suggest(unknown[0], OPTIONS)}; known: {', '.join(OPTIONS)}"
+        )
     ordered = tuple(o for o in OPTIONS if o in options)
     if {"retain_long_full_dates", "retain_long_modified_dates"} <= set(ordered):
         raise ProfileError("retain_long_full_dates and retain_long_modified_dates exclude each other")
@@ -307,6 +359,7 @@ def load_profile(name_or_path: str, extra_options: tuple[str, ...] = ()) -> Prof
         name=chain[-1][1].get("profile", {}).get("name", chain[-1][0].stem),
         options=ordered,
         codes=(),
+        description=chain[-1][1].get("profile", {}).get("description", ""),
     )
     codes = [_code(base["profile"])] if "code_value" in base.get("profile", {}) else []
     for entry in base.get("rule", []):
@@ -316,9 +369,16 @@ def load_profile(name_or_path: str, extra_options: tuple[str, ...] = ()) -> Prof
         codes.append(_code(data["profile"]))
         for entry in data.get("rule", []):
             _add(profile, _rule(entry, option))
+    weakened = []
     for path, data in chain[1:]:
         for entry in data.get("rule", []):
-            _add(profile, _rule(entry, path.stem, site=True))
+            rule = _rule(entry, path.stem, site=True)
+            if rule.action == "K" and not _kept_already(profile, rule):
+                weakened.append(f"{path.name} keeps {_target(rule)}")
+            _add(profile, rule)
+    if weakened:
+        codes = [code for code in codes if code.value != BASIC_PROFILE_CODE]
+        profile.weakened = tuple(weakened)
     profile.codes = tuple(codes)
     if profile.has("retain_safe_private"):
         profile.safe_private = _safe_private()
@@ -328,6 +388,39 @@ def load_profile(name_or_path: str, extra_options: tuple[str, ...] = ()) -> Prof
     if profile.has("clean_structured_content"):
         profile.sr_concepts = _sr_concepts(ordered)
     return profile
+
+
+def _kept_already(profile: Profile, rule: Rule) -> bool:
+    """Whether the standard's rules in force (Basic and the options) keep what site ``rule``
+    keeps; a private creator's attributes count as kept under Retain Safe Private."""
+    if rule.private_creator is not None or rule.tag == PRIVATE_ROW:
+        return profile.has("retain_safe_private")
+    if rule.vr is not None and rule.tag is None and rule.keyword is None:
+        return False
+    if rule.tag is not None:
+        parsed = parse_tag(rule.tag)
+        standard = profile.rule_for_tag(parsed) if isinstance(parsed, int) else next(
+            (r for m, v, r in profile.masks if (m, v) == parsed), None
+        )
+    else:
+        from pydicom.datadict import tag_for_keyword  # pydicom is loaded by the workers only
+
+        tag = tag_for_keyword(rule.keyword or "")
+        standard = profile.rule_for_tag(tag) if tag is not None else None
+    return standard is None or standard.action == "K"
+
+
+def _target(rule: Rule) -> str:
+    if rule.private_creator is not None:
+        return f"the private attributes of {rule.private_creator!r}"
+    if rule.vr is not None and rule.tag is None and rule.keyword is None:
+        return f"every {rule.vr} attribute"
+    from pydicom.datadict import dictionary_description, tag_for_keyword
+
+    tag = tag_for_keyword(rule.keyword) if rule.keyword else None
+    if tag is None:
+        return " ".join(filter(None, (rule.name or rule.keyword, rule.tag)))
+    return f"{dictionary_description(tag)} ({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
 def shipped_profiles() -> list[str]:
