@@ -103,7 +103,7 @@ def test_values_kept_by_an_option_are_reported_apart_and_a_planted_leak_still_fa
     runner = CliRunner()
     result = runner.invoke(main, ["verify", str(tmp_path / "out"), "--against", str(tmp_path / "in")])
     assert result.exit_code == 0, result.output
-    assert "profile: basic (retain_uids, retain_device_identity; from summary.json)" in result.output
+    assert "profile: basic (retain_uids, retain_device_identity; from .deid-release.json)" in result.output
     assert "RETAINED by retain_uids:" in result.output and "RETAINED by retain_device_identity:" in result.output
     assert "0 leak(s) found" in result.output and "LEAK" not in result.output
     assert "12 input DICOM objects" in result.output and "checks: header-values" in result.output
