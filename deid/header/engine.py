@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 from pydicom._uid_dict import UID_dictionary
 from pydicom.dataelem import RawDataElement
@@ -18,6 +17,8 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
 from deid import __version__
+from deid.freetext.clean import clean_text, needs_cleaning
+from deid.freetext.variants import IDENTIFYING_ATTRIBUTES, variant_pattern
 from deid.header.actions import (
     BY_CODE,
     CLEAN,
@@ -56,28 +57,7 @@ REGISTRY_UID_KEYWORDS = frozenset(
 )
 #: Sequences whose items are SR content items (Clean Structured Content, E.3.4).
 CONTENT_SEQUENCES = frozenset({0x0040A730, 0x00400555, 0x00400610})
-#: Attributes whose values identify the patient and are searched for in free text.
-IDENTIFYING_KEYWORDS = (
-    "PatientName",
-    "PatientID",
-    "OtherPatientIDs",
-    "OtherPatientNames",
-    "PatientBirthName",
-    "PatientMotherBirthName",
-    "PatientBirthDate",
-    "PatientAddress",
-    "PatientTelephoneNumbers",
-    "AccessionNumber",
-    "ReferringPhysicianName",
-    "PerformingPhysicianName",
-    "OperatorsName",
-    "InstitutionName",
-    "MedicalRecordLocator",
-)
-_IDENTIFYING_TAGS = tuple(
-    (tag_for_keyword(keyword), dictionary_VR(tag_for_keyword(keyword))) for keyword in IDENTIFYING_KEYWORDS
-)
-_MIN_TOKEN = 3
+_IDENTIFYING_TAGS = tuple((tag_for_keyword(keyword), kind) for keyword, kind in IDENTIFYING_ATTRIBUTES.items())
 _CLASS_UID_SUFFIX = "ClassUID"
 
 
@@ -129,24 +109,13 @@ def patient_key(ds: Dataset) -> str:
 
 
 def _identifying_pattern(ds: Dataset) -> re.Pattern[str] | None:
-    """The object's own identifying values (names and their parts, IDs, birth date in common
-    spellings) as one case-insensitive whole-word pattern."""
-    tokens: set[str] = set()
-    for tag, vr in _IDENTIFYING_TAGS:
-        if tag not in ds:
-            continue
-        for text in _texts(ds, tag):
-            if len(text) < _MIN_TOKEN:
-                continue
-            tokens.add(text)
-            if vr == "PN":
-                tokens.update(p for p in re.split(r"[\^=\s,]+", text) if len(p) >= _MIN_TOKEN)
-            elif vr == "DA" and len(text) == 8:
-                tokens.update(
-                    {f"{text[:4]}-{text[4:6]}-{text[6:]}", f"{text[6:]}.{text[4:6]}.{text[:4]}",
-                     f"{text[4:6]}/{text[6:]}/{text[:4]}"}
-                )
-    return _compile_tokens(frozenset(tokens)) if tokens else None
+    """The object's own identifying values (:data:`IDENTIFYING_ATTRIBUTES`) in every spelling
+    free text uses, as one pattern (:mod:`deid.freetext.variants`)."""
+    values = set()
+    for tag, kind in _IDENTIFYING_TAGS:
+        if tag in ds:
+            values.update((kind, text) for text in _texts(ds, tag) if text)
+    return variant_pattern(values)
 
 
 def _texts(ds: Dataset, tag: int) -> list[str]:
@@ -160,13 +129,6 @@ def _texts(ds: Dataset, tag: int) -> list[str]:
         return []
     values = element.value if element.VM > 1 else [element.value]
     return [str(v).strip() for v in values]
-
-
-@lru_cache(maxsize=1024)
-def _compile_tokens(tokens: frozenset[str]) -> re.Pattern[str]:
-    """One pattern per set of values: the files of one patient share it."""
-    alternatives = "|".join(re.escape(t) for t in sorted(tokens, key=lambda t: (-len(t), t)))
-    return re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -250,18 +212,17 @@ class FileContext:
         return new
 
     def redact_text(self, ds: Dataset, tag: BaseTag) -> bool:
-        """Remove the object's identifying values from the text at ``tag``."""
-        if self.identifying is None:
-            return False
+        """Remove identifying values from the text at ``tag``: the object's own, in any spelling,
+        and those of others that :mod:`deid.freetext` detects."""
         raw = ds.get_item(tag)
         if isinstance(raw, RawDataElement) and raw.value is not None and raw.value.isascii():
-            if not self.identifying.search(raw.value.decode("ascii")):
+            if not needs_cleaning(raw.value.decode("ascii"), self.identifying):
                 return False  # nothing to strip: leave the element raw, as read
         element = ds[tag]
         if element.VM == 0:
             return False
         values = element.value if element.VM > 1 else [element.value]
-        cleaned = [self.identifying.sub("", str(v)).strip() for v in values]
+        cleaned = [clean_text(str(v), self.identifying) for v in values]
         if cleaned == [str(v).strip() for v in values]:
             return False
         element.value = cleaned if element.VM > 1 else cleaned[0]
