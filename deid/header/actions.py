@@ -121,7 +121,8 @@ class Clean(Action):
     code = "C"
     summary = (
         "clean: dates shifted by the patient's keyed offset (Modified Dates), free text "
-        "stripped of the object's identifying values, sequences cleaned item by item"
+        "stripped of the object's identifying values in any spelling and of the names, addresses, "
+        "phone numbers, dates, IDs and UIDs found in it, sequences cleaned item by item"
     )
 
     def __call__(self, ctx: FileContext, ds: Dataset, tag: BaseTag, vr: str) -> bool:
@@ -129,7 +130,7 @@ class Clean(Action):
             return recurse(ctx, ds, tag)
         if vr in ("DA", "DT"):
             return SHIFT_DATE(ctx, ds, tag, vr)
-        if vr in TEXT_VRS or vr == "PN":
+        if vr in TEXT_VRS or vr in ("PN", "CS"):
             return ctx.redact_text(ds, tag)
         return False
 
