@@ -1,0 +1,207 @@
+"""Free text a profile keeps: the object's own values in other spellings, identifiers the header
+never lists, at every depth, in both byte orders, under the profile named in each test."""
+
+from __future__ import annotations
+
+import io
+import sys
+
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian
+
+from conftest import KEY, REPO, make_ct
+from deid.freetext.clean import clean_text
+from deid.freetext.detect import detect
+from deid.freetext.variants import variant_pattern
+from deid.header.engine import HeaderEngine
+from deid.header.profiles import load_profile
+from deid.header.pseudonyms import Pseudonymizer
+
+SMITH = [("name", "SMITH^JANE"), ("id", "MRN445566"), ("date", "19310214"), ("text", "12 Elm Street, Springfield")]
+
+
+@pytest.mark.parametrize(
+    ("values", "text", "left"),
+    [
+        (SMITH, "SMITH_LESION1", "LESION1"),
+        (SMITH, "GTV_SMITH_LUNG", "GTV_LUNG"),
+        (SMITH, "Smith_Jane liver", "liver"),
+        (SMITH, "JANESMITH CHEST", "CHEST"),
+        (SMITH, "MRN 445-566 chest", "chest"),
+        (SMITH, "outside id 445566", "outside id"),
+        (SMITH, "DOB 14/02/1931", "DOB"),
+        (SMITH, "born 14 Feb 1931", "born"),
+        (SMITH, "born February 14th, 1931", "born"),
+        (SMITH, "dob=1931-02-14", "dob="),
+        (SMITH, "19310214 PA", "PA"),
+        (SMITH, "lives on Elm Street", "lives on"),
+        ([("name", "欧阳^翠花")], "欧阳翠花右肺结节", "右肺结节"),
+        ([("name", "欧阳^翠花")], "患者翠花胸部", "患者胸部"),
+        ([("name", "Иванова^Мария^Петровна")], "Пациентке Ивановой Марии КТ", "Пациентке КТ"),
+        ([("name", "Пётр^Сидоров")], "снимки Петра Сидорова", "снимки"),
+        ([("name", "MÜLLER^JÖRG")], "Patient Mueller Knie", "Patient Knie"),
+        ([("name", "DE VRIES^PIETER")], "Dhr. de Vries thorax", "Dhr. thorax"),
+        ([("id", "0078123456")], "Pat.-Nr. 78123456", "Pat.-Nr."),
+        ([("phone", "+44 20 7946 0958")], "call 020 7946 0958", "call"),
+    ],
+)
+def test_own_values_in_other_spellings_are_removed(values, text, left):
+    assert clean_text(text, variant_pattern(values)) == left
+
+
+@pytest.mark.parametrize(
+    "text", ["lesion of smithson", "blacksmith", "Smithfield", "12.02.2020", "2.25.4455661", "1445566", "14/02/1932"]
+)
+def test_near_misses_are_not_the_objects_values(text):
+    assert variant_pattern(SMITH).search(text) is None
+
+
+@pytest.mark.parametrize(
+    "text", ["Hodgkin lymphoma, Parkinson disease", "AXIAL T2 FLAIR", "L4-L5 foraminal stenosis", "PTV_70 CTV_HIGH"]
+)
+def test_medical_vocabulary_stays(text):
+    assert clean_text(text, variant_pattern(SMITH)) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "found"),
+    [
+        ("Seen by Dr. Robert Chen today", "PERSON", "Robert Chen"),
+        ("chaperone Linda Park present", "PERSON", "Linda Park"),
+        ("Reading radiologist: Susan Whitfield, MD.", "PERSON", "Susan Whitfield"),
+        ("Описал врач Смирнов А. В., тел.", "PERSON", "Смирнов А. В."),
+        ("Befundet von Dr. med. Katrin Hoffmann, Oberärztin", "PERSON", "Katrin Hoffmann"),
+        ("Home 48 Oak Avenue, Riverton, NJ 07065.", "ADDRESS", "48 Oak Avenue, Riverton, NJ 07065"),
+        ("wohnt Lindenstraße 17, 50674 Köln", "ADDRESS", "Lindenstraße 17, 50674 Köln"),
+        ("call (555) 201-3344.", "PHONE", "(555) 201-3344"),
+        ("тел. +7 495 123-45-67.", "PHONE", "+7 495 123-45-67"),
+        ("seen 03/11/2024 in clinic", "DATE", "03/11/2024"),
+        ("контроль 12.03.2024", "DATE", "12.03.2024"),
+        ("follow-up March 3, 2025", "DATE", "March 3, 2025"),
+        ("née le 1 mai 1939", "DATE", "1 mai 1939"),
+        ("insurance XK99812045", "ID", "XK99812045"),
+        ("prior 1.2.840.113619.2.55.3.604688119.971 key", "UID", "1.2.840.113619.2.55.3.604688119.971"),
+        ("mail r.chen@springfield-hosp.org", "EMAIL", "r.chen@springfield-hosp.org"),
+    ],
+)
+def test_detector_finds_identifiers_the_header_never_lists(text, kind, found):
+    assert (found, kind) in [(text[s:e], k) for s, e, k in detect(text)]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Hodgkin lymphoma, Parkinson disease; Crohn disease history.",
+        "Stable subcentimeter nodule in the left upper lobe; no lymphadenopathy.",
+        "Liver segment VIII, cyst 12 mm, unchanged. 3 x 4 cm. Series 2 image 45.",
+        "Moderate degenerative changes L4-L5. BI-RADS 2. kVp 120 mAs 250",
+        "Очаговых изменений в легких не выявлено.",
+    ],
+)
+def test_detector_keeps_medical_text(text):
+    assert detect(text) == ()
+
+
+def test_text_set_recall_and_kept_vocabulary():
+    """The project's text set (benchmarks/freetext): every span of the object's own values goes,
+    nearly all of the others, and every medical term stays."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import bench_freetext
+
+    samples = bench_freetext.load(bench_freetext.SET)
+    per_class, precision, kept, _ = bench_freetext.score(
+        samples, bench_freetext.union(bench_freetext.variants, bench_freetext.deid_detector)
+    )
+    for own in ("OWN_NAME", "OWN_ID", "OWN_DATE"):
+        found, total, _ = per_class[own]
+        assert found == total, own
+    found = sum(f for f, _, _ in per_class.values())
+    assert found / sum(t for _, t, _ in per_class.values()) >= 0.95
+    assert precision >= 0.98 and kept == 1.0
+
+
+def deidentify(ds: Dataset, profile: str, options: tuple[str, ...] = ()) -> Dataset:
+    HeaderEngine(load_profile(profile, options), Pseudonymizer(KEY)).apply(ds)
+    return ds
+
+
+def in_byte_order(ds: Dataset, syntax) -> Dataset:
+    """``ds`` written in ``syntax`` and read back (raw elements, as a run reads them)."""
+    ds.file_meta.TransferSyntaxUID = syntax
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True, little_endian=syntax == ExplicitVRLittleEndian, implicit_vr=False)
+    buffer.seek(0)
+    return dcmread(buffer)
+
+
+def phi_ct() -> Dataset:
+    ds = make_ct(patient_name="SMITH^JANE")
+    ds.PatientBirthDate = "19310214"
+    ds.StudyDescription = "CT CHEST SMITH_LESION1"
+    ds.ImageComments = "DOB 14/02/1931, seen by Dr. Robert Chen, tel (555) 201-3344"
+    return ds
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ExplicitVRBigEndian])
+def test_research_cleans_descriptors_at_every_depth(syntax):
+    """Profile research (Clean Descriptors): top level, functional groups (Frame Comments) and a
+    sequence three levels deep."""
+    ds = phi_ct()
+    frame = Dataset()
+    frame.FrameComments = "Frame of Jane Smith, MRN 445-566"
+    group = Dataset()
+    group.FrameContentSequence = Sequence([frame])
+    ds.PerFrameFunctionalGroupsSequence = Sequence([group])
+    level3 = Dataset()
+    level3.ContentDescription = "key image JANESMITH, wife Margaret O'Neill"
+    level2 = Dataset()
+    level2.AnatomicRegionModifierSequence = Sequence([level3])
+    level1 = Dataset()
+    level1.AnatomicRegionSequence = Sequence([level2])
+    ds.SegmentSequence = Sequence([level1])
+    ds = deidentify(in_byte_order(ds, syntax), "research")
+    assert ds.StudyDescription == "CT CHEST LESION1"
+    assert ds.ImageComments == "DOB, seen by Dr., tel"
+    frame = ds.PerFrameFunctionalGroupsSequence[0].FrameContentSequence[0]
+    assert frame.FrameComments == "Frame of"
+    level3 = ds.SegmentSequence[0].AnatomicRegionSequence[0].AnatomicRegionModifierSequence[0]
+    assert level3.ContentDescription == "key image, wife"
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ExplicitVRBigEndian])
+def test_clean_structured_content_cleans_sr_text_items(syntax):
+    """Profile research + Clean Structured Content: TEXT items of a nested content tree."""
+    ds = phi_ct()
+    leaf = Dataset()
+    leaf.RelationshipType, leaf.ValueType = "CONTAINS", "TEXT"
+    concept = Dataset()
+    concept.CodeValue, concept.CodingSchemeDesignator, concept.CodeMeaning = "121071", "DCM", "Finding"
+    leaf.ConceptNameCodeSequence = Sequence([concept])
+    leaf.TextValue = "Nodule in the right lower lobe. Patient Smith (born 1931-02-14) seen with Prof. Ingrid Larsen."
+    container = Dataset()
+    container.RelationshipType, container.ValueType = "CONTAINS", "CONTAINER"
+    container.ContentSequence = Sequence([leaf])
+    ds.ContentSequence = Sequence([container])
+    ds = deidentify(in_byte_order(ds, syntax), "research", ("clean_structured_content",))
+    text = ds.ContentSequence[0].ContentSequence[0].TextValue
+    assert text == "Nodule in the right lower lobe. Patient (born) seen with Prof.."
+
+
+def test_rt_and_seg_labels_are_cleaned():
+    """Profile research: RT ROI names and SEG segment labels keep their anatomy, lose the name."""
+    ds = phi_ct()
+    roi = Dataset()
+    roi.ROIName = "GTV_SMITH_LUNG_L"
+    ds.StructureSetROISequence = Sequence([roi])
+    segment = Dataset()
+    segment.SegmentLabel = "Liver Smith_Jane"
+    segment.SegmentDescription = "liver of J. Smith, 14 Feb 1931"
+    ds.SegmentSequence = Sequence([segment])
+    ds = deidentify(ds, "research")
+    assert ds.StructureSetROISequence[0].ROIName == "GTV_LUNG_L"
+    assert ds.SegmentSequence[0].SegmentLabel == "Liver"
+    assert ds.SegmentSequence[0].SegmentDescription == "liver of J."
+
