@@ -6,6 +6,8 @@
   paths may carry PHI).
 * ``AUDIT/crosswalk_patient_ids.csv``, ``AUDIT/crosswalk_uids.csv``: ``id_old,id_new`` as the
   MIDI-B scorer expects (private).
+* ``AUDIT/boxes.csv``: every region a pixel stage found in a written object, by layer, and whether
+  it was masked; ``AUDIT/review/``: the review page and its pictures (:mod:`deid.review`).
 * ``OUT/manifest.csv``: one row per output object, with no PHI.
 """
 
@@ -19,6 +21,8 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from deid.review import Preview, Region, write_preview
 
 #: The three ends an input can reach.
 STATUSES = ("written", "quarantined", "skipped")
@@ -59,6 +63,12 @@ class FileResult:
         What the manifest and the series list say of a written object
         (:func:`deid.process.describe_object`); for an input quarantined as a duplicate,
         ``kept``: the input written in its place (private).
+    regions
+        Regions the pixel stages found (the audit's ``boxes.csv`` and the review page).
+    preview
+        Pictures for the review page, which the driver writes and then drops.
+    pixels_changed
+        Whether a stage changed the pixels (the review page shows every such object).
     """
 
     src: str
@@ -74,6 +84,9 @@ class FileResult:
     uid_pairs: dict[str, str] = field(default_factory=dict)
     patient_pair: tuple[str, str] = ("", "")
     meta: dict[str, object] = field(default_factory=dict)
+    regions: tuple[Region, ...] = ()
+    preview: Preview | None = None
+    pixels_changed: bool = False
 
 
 _SCHEMA = """
@@ -84,6 +97,12 @@ CREATE TABLE IF NOT EXISTS files(
 CREATE TABLE IF NOT EXISTS patients(id_old TEXT PRIMARY KEY, id_new TEXT);
 CREATE TABLE IF NOT EXISTS uids(id_old TEXT PRIMARY KEY, id_new TEXT);
 CREATE TABLE IF NOT EXISTS configs(config TEXT PRIMARY KEY, profile TEXT, options TEXT, facts TEXT);
+CREATE TABLE IF NOT EXISTS regions(
+    src TEXT, layer TEXT, x INTEGER, y INTEGER, width INTEGER, height INTEGER, masked INTEGER, text TEXT);
+CREATE INDEX IF NOT EXISTS regions_by_src ON regions(src);
+CREATE TABLE IF NOT EXISTS previews(
+    src TEXT PRIMARY KEY, kind TEXT CHECK(kind IN ('changed', 'sample')), columns INTEGER, rows INTEGER,
+    pictures INTEGER);
 """
 
 
@@ -174,10 +193,53 @@ class Ledger:
         )
         if result.patient_pair[0]:
             self.db.execute("INSERT OR IGNORE INTO patients VALUES (?, ?)", result.patient_pair)
+        self._record_review(result, token)
         self.db.executemany("INSERT OR IGNORE INTO uids VALUES (?, ?)", result.uid_pairs.items())
         self._pending += 1
         if self._pending >= 64:
             self.commit()
+
+    def _record_review(self, result: FileResult, token: str) -> None:
+        """Store the regions of ``result`` and write its pictures for the review page."""
+        self.db.execute("DELETE FROM regions WHERE src = ?", (result.src,))
+        self.db.execute("DELETE FROM previews WHERE src = ?", (result.src,))
+        self.db.executemany(
+            "INSERT INTO regions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(result.src, r.layer, *r.box, int(r.masked), r.text) for r in result.regions],
+        )
+        preview = result.preview
+        if result.pixels_changed or preview is not None:
+            kind = write_preview(self.audit_dir, token, preview) if preview is not None else "changed"
+            columns, rows = (preview.columns, preview.rows) if preview is not None else (0, 0)
+            self.db.execute(
+                "INSERT INTO previews VALUES (?, ?, ?, ?, ?)", (result.src, kind, columns, rows, int(preview is not None))
+            )
+
+    def review(self, samples: int) -> dict[str, list[dict]]:
+        """What the review page lists: ``changed`` (every written object whose pixels changed),
+        ``samples`` (at most ``samples`` where nothing was found) and ``quarantined``."""
+        listed: dict[str, list[dict]] = {"changed": [], "samples": []}
+        query = (
+            "SELECT f.src, f.token, f.dst, f.stages, f.notes, p.columns, p.rows, p.pictures, p.kind "
+            "FROM previews p JOIN files f USING (src) WHERE f.status = 'written' ORDER BY f.dst"
+        )
+        for src, token, dst, stages, notes, columns, rows, pictures, kind in self.db.execute(query):
+            group = listed["changed" if kind == "changed" else "samples"]
+            if kind == "sample" and len(group) >= samples:
+                continue
+            regions = self.db.execute(
+                "SELECT layer, x, y, width, height, masked, text FROM regions WHERE src = ? ORDER BY rowid", (src,)
+            )
+            group.append({
+                "token": token, "output": dst, "stages": stages.split("+") if stages else [], "notes": notes,
+                "columns": columns, "rows": rows, "pictures": bool(pictures),
+                "regions": [
+                    {"layer": layer, "x": x, "y": y, "width": w, "height": h, "masked": bool(m), "text": text}
+                    for layer, x, y, w, h, m, text in regions
+                ],
+            })
+        quarantined = self.db.execute("SELECT src, reason FROM files WHERE status = 'quarantined' ORDER BY src")
+        return {**listed, "quarantined": [{"input": src, "reason": reason} for src, reason in quarantined]}
 
     def commit(self) -> None:
         self.db.commit()
@@ -224,6 +286,14 @@ class Ledger:
             self.audit_dir / "files.csv",
             ("input", "token", "status", "output", "reason"),
             [(r[0], r[7], r[1], r[2], _private_reason(r)) for r in rows],
+        )
+        _write_csv(
+            self.audit_dir / "boxes.csv",
+            ("input", "output", "layer", "x", "y", "width", "height", "masked"),
+            self.db.execute(
+                "SELECT f.src, f.dst, r.layer, r.x, r.y, r.width, r.height, r.masked FROM regions r "
+                "JOIN files f USING (src) WHERE f.status = 'written' ORDER BY f.src, r.rowid"
+            ),
         )
         _write_csv(
             self.audit_dir / "quarantine.csv",

@@ -50,8 +50,9 @@ def main() -> None:
 @click.option("--text-mode", type=click.Choice(["all", "sensitive"]),
               help="Burned-in text: blank all of it, or keep safe text (markers, units); "
                    "default: sensitive for radiographs and CT/MR, all otherwise.")
-@click.option("--text-fill", type=click.Choice(["black", "background"]), default="black", show_default=True,
-              help="What masked text becomes: black, or the image's background value.")
+@click.option("--text-fill", type=click.Choice(["black", "background", "test"]), default="black", show_default=True,
+              help="What masked text becomes: black, the image's background value, or mid-grey (test: "
+                   "shows where masks fell; not for a release).")
 @click.option("--pixels", type=click.Choice(["deform", "dp-pix", "none"]), default="deform", show_default=True,
               help="Whole-image stage after the text stage, on frontal chest radiographs: the learned "
                    "deformation, DP-Pix, or none.")

@@ -37,7 +37,7 @@ class RunConfig:
     text_mode
         Burned-in text mode, ``all`` or ``sensitive``; ``None``: the per-modality default.
     text_fill
-        What masked text becomes: ``black`` or ``background``.
+        What masked text becomes: ``black``, ``background`` or ``test`` (mid-grey).
     pixels
         The whole-image pixel stage after the text stage: ``deform``, ``dp-pix`` or ``none``.
     deform_model

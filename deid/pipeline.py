@@ -28,6 +28,7 @@ from deid.description import write_description
 from deid.executors import run_dask, run_local
 from deid.header.profiles import load_profile
 from deid.header.pseudonyms import Pseudonymizer
+from deid.review import SAMPLE_SIZE, sample_rate, write_page
 from deid.staging import clear_staging
 
 LOCK_NAME = ".deid.lock"
@@ -248,6 +249,8 @@ def _run_locked(
             output_root, identity, facts, rows, Path(config.deform_model) if config.deform_model else None
         )
         counts = ledger.status_counts(sources)
+        write_page(audit_dir, {"counts": counts, "profile": name, "options": options,
+                               **ledger.review(SAMPLE_SIZE)})
         new_quarantined = sum(
             1 for src, seen in ledger.quarantined().items() if src in sources and quarantined_before.get(src) != seen
         )
@@ -274,7 +277,7 @@ def _process(
 ) -> None:
     """Run ``todo`` through the workers; record and log each result as it arrives."""
     pseudo = Pseudonymizer(config.key)
-    process = FileTask(config, input_root, output_root)
+    process = FileTask(config, input_root, output_root, sample_rate(len(todo)))
     results = run_dask(process, todo, scheduler) if scheduler else run_local(process, todo, jobs)
     try:
         from tqdm import tqdm  # only a run with work shows progress
@@ -331,11 +334,12 @@ class FileTask:
     config: RunConfig
     input_root: Path
     output_root: Path
+    sample_rate: float = 0.0
 
     def __call__(self, src: str) -> FileResult:
         from deid.process import process_file
 
-        return process_file(self.config, self.input_root, self.output_root, src)
+        return process_file(self.config, self.input_root, self.output_root, src, self.sample_rate)
 
 
 def _settle_duplicates(
@@ -354,6 +358,7 @@ def _settle_duplicates(
     winner = process(winner.src)
     by_dst[result.dst] = _kept(winner)
     loser.status, loser.dst, loser.sha256, loser.uid_pairs = "quarantined", "", "", {}
+    loser.regions, loser.preview, loser.pixels_changed = (), None, False
     loser.reason = DUPLICATE_REASON
     loser.meta = {"kept": winner.src}
     return [winner, loser]
@@ -361,8 +366,9 @@ def _settle_duplicates(
 
 def _kept(result: FileResult) -> FileResult:
     """What :func:`_settle_duplicates` keeps of a written result: its crosswalk entries are in the
-    ledger already, and a loser's are dropped, so the driver's memory does not grow with them."""
-    return replace(result, uid_pairs={})
+    ledger already, and a loser's are dropped, so the driver's memory does not grow with them (nor
+    with the pictures, written already)."""
+    return replace(result, uid_pairs={}, preview=None)
 
 
 def _log_result(token: str, result: FileResult, name_input: bool, kept_token: str = "") -> None:

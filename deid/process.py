@@ -29,6 +29,7 @@ from deid.header.engine import HeaderEngine
 from deid.header.profiles import Profile, load_profile
 from deid.header.pseudonyms import Pseudonymizer
 from deid.header.stage import HeaderStage
+from deid.review import Preview, sampled
 from deid.stage import Item, Quarantined, Stage
 from deid.writer import output_relpath, replace_file_meta, stored_length, write_atomic
 
@@ -182,19 +183,33 @@ def describe_object(ds) -> dict[str, object]:
     }
 
 
-def process_file(config: RunConfig, input_root: Path, output_root: Path, src: str) -> FileResult:
+def process_file(
+    config: RunConfig, input_root: Path, output_root: Path, src: str, sample_rate: float = 0.0
+) -> FileResult:
     """Take one input file to its end: written, quarantined or skipped.
 
     Never raises for a bad input: every failure becomes a quarantine with a reason. Warnings
     are silenced: pydicom's quote element values, which may be PHI, and the file's outcome is
     logged as its own event.
+
+    Parameters
+    ----------
+    config
+        The run configuration.
+    input_root, output_root
+        The input tree and the release folder.
+    src
+        The input, relative to ``input_root``.
+    sample_rate
+        The probability that an object the text stage examined and found nothing in comes back
+        with a picture for the review page (:func:`deid.review.sampled`).
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return _take_to_end(worker_for(config), input_root / src, output_root, src)
+        return _take_to_end(worker_for(config), input_root / src, output_root, src, sample_rate)
 
 
-def _take_to_end(worker: Worker, path: Path, output_root: Path, src: str) -> FileResult:
+def _take_to_end(worker: Worker, path: Path, output_root: Path, src: str, sample_rate: float) -> FileResult:
     try:
         stat = path.stat()
     except OSError as exc:
@@ -231,7 +246,27 @@ def _take_to_end(worker: Worker, path: Path, output_root: Path, src: str) -> Fil
     result.meta = describe_object(ds)
     result.uid_pairs = item.uid_pairs
     result.patient_pair = item.patient_pair
+    result.regions = tuple(item.regions)
+    result.pixels_changed = item.pixels_changed
+    result.preview = _preview(item, result.dst, sample_rate)
     return result
+
+
+def _preview(item: Item, dst: str, sample_rate: float) -> Preview | None:
+    """Pictures for the review page: of every object whose pixels changed, and of a sample of
+    those a pixel stage examined without a change; ``None`` if they cannot be made (the object
+    is written all the same, and the page says its picture is missing)."""
+    if item.before is None or not (item.pixels_changed or sampled(dst, sample_rate)):
+        return None
+    from deid.pixels.render import display_limits, thumbnail
+
+    ds = item.ds
+    try:
+        limits = display_limits(item.before, ds)  # both pictures in the grey scale of the first
+        after = thumbnail(item.after, ds, limits) if item.pixels_changed else None
+        return Preview(thumbnail(item.before, ds, limits), after, int(ds.Columns), int(ds.Rows))
+    except Exception:  # noqa: BLE001 - a picture for the page is no reason to lose the object
+        return None
 
 
 __all__ = ["Worker", "worker_for", "process_file", "is_media_directory", "describe_object"]

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from pydicom.dataset import FileDataset
+
+from deid.review import Region
 
 
 class Quarantined(Exception):
@@ -38,6 +40,11 @@ class Item:
         removes them), for stages that look for them in pixels.
     notes
         What the stages want the manifest to say of the object (no PHI).
+    regions
+        Regions a pixel stage found (masked or kept), for the audit and the review page.
+    before, after
+        The first frame's stored values as the first pixel stage found it and as the last one
+        left it (``after`` only when the pixels changed), for the review page.
     """
 
     ds: FileDataset
@@ -47,6 +54,22 @@ class Item:
     pixels_changed: bool = False
     identifying: re.Pattern[str] | None = None
     notes: list[str] = field(default_factory=list)
+    regions: list[Region] = field(default_factory=list)
+    before: Any = None
+    after: Any = None
+
+    def looked_at(self, first_frame: Any) -> None:
+        """A pixel stage examined the pixels: keep the first frame as it found it (the first
+        stage's view wins)."""
+        if self.before is None:
+            self.before = first_frame
+
+    def changed_pixels(self, stage: str, before: Any, after: Any) -> None:
+        """Stage ``stage`` replaced the pixels; ``before`` and ``after`` are its first frame."""
+        self.looked_at(before)
+        self.after = after
+        self.pixels_changed = True
+        self.stages.append(stage)
 
 
 class Stage(Protocol):

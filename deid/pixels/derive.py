@@ -112,11 +112,11 @@ class WholeImageStage:
             raise Quarantined(f"{self.name} stage failed ({type(exc).__name__})") from None
         if image.shape != stored.shape or not np.isfinite(image).all():
             raise Quarantined(f"{self.name} stage returned an image of another shape or non-finite values")
-        encoding = write_pixels(ds, scale.to_stored(image, stored.dtype), ds.file_meta.TransferSyntaxUID)
+        changed = scale.to_stored(image, stored.dtype)
+        encoding = write_pixels(ds, changed, ds.file_meta.TransferSyntaxUID)
         mark_derived(ds, self.derivation(), self.code)
         item.notes.append(f"{self.note()}; {encoding}")
-        item.pixels_changed = True
-        item.stages.append(self.name)
+        item.changed_pixels(self.name, stored, changed)
 
 
 def mark_derived(ds: Dataset, description: str, code: tuple[str, str, str]) -> None:

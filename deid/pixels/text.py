@@ -20,6 +20,7 @@ from deid.pixels.encode import write_pixels
 from deid.pixels.ocr import read_text
 from deid.pixels.regions import Box, RegionRules, load_region_rules
 from deid.pixels.render import fill_value, frames_of, to_display
+from deid.review import Region
 from deid.stage import Item, Quarantined
 
 #: Modalities whose text is kept in ``sensitive`` mode when it is safe (markers, positioning):
@@ -39,6 +40,8 @@ _DATE_OR_TIME = re.compile(
 )
 _TOKEN = re.compile(r"[A-Za-z0-9%<>~=.,]+")
 
+#: What masked text becomes (see :func:`deid.pixels.render.fill_value`).
+FILLS = ("black", "background", "test")
 #: CID 7050 Clean Pixel Data Option.
 CLEAN_PIXEL_DATA = ("113101", "DCM", "Clean Pixel Data Option")
 
@@ -61,7 +64,7 @@ class TextStage:
     mode
         ``all``, ``sensitive``, or ``None`` for the per-modality default.
     fill
-        ``black`` or ``background`` (see :func:`deid.pixels.render.fill_value`).
+        ``black``, ``background`` or ``test`` (mid-grey; see :func:`deid.pixels.render.fill_value`).
     rules
         Known-region rules; default the shipped rules/pixel/*.toml.
     """
@@ -71,7 +74,7 @@ class TextStage:
     def __init__(self, mode: str | None = None, fill: str = "black", rules: RegionRules | None = None) -> None:
         if mode not in (None, "all", "sensitive"):
             raise ValueError(f"unknown text mode {mode!r}")
-        if fill not in ("black", "background"):
+        if fill not in FILLS:
             raise ValueError(f"unknown fill {fill!r}")
         self.fill = fill
         if importlib.util.find_spec("onnxruntime") is None:
@@ -102,41 +105,44 @@ class TextStage:
         except Exception as exc:  # noqa: BLE001 - cannot look at the pixels: fail closed
             raise Quarantined(f"pixel data cannot be decoded for text detection ({type(exc).__name__})") from None
         frames = frames_of(array, ds)
-        known = self.rules.boxes(ds)
+        item.looked_at(frames[0])
+        known = [Region(layer, box) for layer, box in self.rules.boxes(ds)]
         try:
-            found = self._read(frames, ds, [box for _, box in known], item)
+            read = self._read(frames, ds, [region.box for region in known], item)
         except Exception as exc:  # noqa: BLE001 - detection failed: never pass the object through
             raise Quarantined(f"text detection failed ({type(exc).__name__})") from None
-        boxes = [box for _, box in known] + found
-        if not boxes:
+        item.regions += known + read
+        masked = known + [region for region in read if region.masked]
+        if not masked:
             return
         cleaned = frames.copy()
         fill = fill_value(ds, cleaned, self.fill)
-        for x, y, width, height in boxes:
+        for x, y, width, height in (region.box for region in masked):
             cleaned[:, y : y + height, x : x + width] = fill
         source = ds.file_meta.TransferSyntaxUID
         encoding = write_pixels(ds, cleaned if array.ndim == cleaned.ndim else cleaned[0], source)
         ds.BurnedInAnnotation = "NO"
         claim_clean_pixel_data(ds)
-        layers = [layer for layer, _ in known] + ["ocr"] * len(found)
+        layers = [region.layer for region in masked]
         counts = ",".join(f"{layer}:{layers.count(layer)}" for layer in dict.fromkeys(layers))
         item.notes.append(f"text regions {counts}; {encoding}")
-        item.pixels_changed = True
-        item.stages.append(self.name)
+        item.changed_pixels(self.name, frames[0], cleaned[0])
 
-    def _read(self, frames: np.ndarray, ds: Dataset, known: list[Box], item: Item) -> list[Box]:
-        """OCR the frame (or the min and max over frames) with the known regions blanked."""
+    def _read(self, frames: np.ndarray, ds: Dataset, known: list[Box], item: Item) -> list[Region]:
+        """OCR the frame (or the min and max over frames) with the known regions blanked; every
+        line read, masked unless ``sensitive`` mode keeps it."""
         pictures = [frames[0]] if len(frames) == 1 else [frames.min(axis=0), frames.max(axis=0)]
         mode = self.mode_for(ds)
-        boxes: list[Box] = []
+        lines: dict[Box, Region] = {}
         for stored in pictures:
             picture = to_display(stored, ds)
             for x, y, width, height in known:
                 picture[y : y + height, x : x + width] = 0
             for line in read_text(picture):
-                if mode == "all" or not line_is_safe(line.text, item.identifying):
-                    boxes.append(line.box)
-        return list(dict.fromkeys(boxes))
+                masked = mode == "all" or not line_is_safe(line.text, item.identifying)
+                if line.box not in lines or masked:
+                    lines[line.box] = Region("ocr", line.box, line.text, masked)
+        return list(lines.values())
 
 
 def claim_clean_pixel_data(ds: Dataset) -> None:
