@@ -27,8 +27,18 @@ EXIT_LOCKED = 75
 EXIT_INTERRUPTED = 130
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from deid.pixels.codecs import syntax_listing
+
+    click.echo(f"deid-dicom {__version__}\npixel data this install decodes:\n{syntax_listing()}")
+    ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, package_name="deid-dicom")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Show the version and the transfer syntaxes whose pixel data this install decodes.")
 def main() -> None:
     """Batch DICOM de-identification (PS3.15 Annex E profiles, keyed pseudonyms, audit)."""
 
@@ -182,6 +192,10 @@ def _describe(config, input_dir: Path, have_key: bool) -> None:
     click.echo(f"pixels: {'none (header only)' if config.header_only else config.pixels}")
     for number, stage in enumerate(worker.stages, 1):
         click.echo(f"{number}. {stage.name}: {stage.describe()}")
+    if not config.header_only:
+        from deid.pixels.codecs import syntax_listing
+
+        click.echo(f"pixel data decoded in:\n{syntax_listing()}")
     click.echo(f"{len(discover(input_dir))} file(s) under the input folder; nothing written")
 
 

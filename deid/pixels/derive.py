@@ -10,6 +10,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from deid.pixels.codecs import pixel_array
 from deid.pixels.eligibility import Eligibility
 from deid.pixels.encode import write_pixels
 from deid.pixels.text import claim_clean_pixel_data
@@ -101,10 +102,7 @@ class WholeImageStage:
         ds = item.ds
         if not self.eligibility.matches(ds):
             return
-        try:
-            stored = ds.pixel_array
-        except Exception as exc:  # noqa: BLE001 - cannot look at the pixels: fail closed
-            raise Quarantined(f"pixel data cannot be decoded for the {self.name} stage ({type(exc).__name__})") from None
+        stored = pixel_array(ds, f"the {self.name} stage")
         scale = UnitScale.of(stored, ds)
         try:
             image = self.transform(scale.to_unit(stored), item)

@@ -16,6 +16,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from deid.gate import may_carry_text
+from deid.pixels.codecs import pixel_array
 from deid.pixels.encode import write_pixels
 from deid.pixels.ocr import read_text
 from deid.pixels.regions import Box, RegionRules, load_region_rules
@@ -100,10 +101,7 @@ class TextStage:
         ds = item.ds
         if "PixelData" not in ds or not may_carry_text(ds):
             return
-        try:
-            array = ds.pixel_array
-        except Exception as exc:  # noqa: BLE001 - cannot look at the pixels: fail closed
-            raise Quarantined(f"pixel data cannot be decoded for text detection ({type(exc).__name__})") from None
+        array = pixel_array(ds, "text detection")
         frames = frames_of(array, ds)
         item.looked_at(frames[0])
         known = [Region(layer, box) for layer, box in self.rules.boxes(ds)]
