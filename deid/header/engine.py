@@ -10,7 +10,8 @@ import re
 from dataclasses import dataclass, field
 
 from pydicom._uid_dict import UID_dictionary
-from pydicom.dataelem import RawDataElement
+from pydicom.charset import decode_bytes, encode_string
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -29,9 +30,11 @@ from deid.header.actions import (
     SHIFT_DATE,
     TEXT_VRS,
 )
+from deid.header.age import CAP_AGE, PATIENT_AGE
 from deid.header.iod import attribute_types, resolve_compound
 from deid.header.profiles import Code, Profile
 from deid.header.pseudonyms import Pseudonymizer
+from deid.header.unknown import decode_un, declared_private_vrs, in_dictionary, looks_like_text, private_vr
 
 #: Removed whatever the profile says: Encrypted Attributes, Original Attributes, Digital
 #: Signatures, MAC Parameters, trailing padding and the Icon Image Sequence, a thumbnail of
@@ -199,6 +202,7 @@ class FileContext:
     uid_pairs: dict[str, str] = field(default_factory=dict)
     original_patient_id: str = ""
     declared_private: dict[tuple[int, str], DeclaredPrivateBlock] = field(default_factory=dict)
+    declared_vrs: dict[tuple[int, str, int], str] = field(default_factory=dict)
     dates_shifted: bool = False
     text_redacted: int = 0
 
@@ -226,6 +230,22 @@ class FileContext:
         if cleaned == [str(v).strip() for v in values]:
             return False
         element.value = cleaned if element.VM > 1 else cleaned[0]
+        self.text_redacted += 1
+        return True
+
+    def redact_bytes(self, ds: Dataset, tag: BaseTag) -> bool:
+        """Remove the object's identifying values from a value of unknown VR that reads as text."""
+        value = ds[tag].value
+        if self.identifying is None or not isinstance(value, bytes) or not looks_like_text(value):
+            return False
+        encodings = ds._character_set
+        encodings = [encodings] if isinstance(encodings, str) else list(encodings)
+        text = decode_bytes(value, encodings, set())
+        cleaned = self.identifying.sub("", text)
+        if cleaned == text:
+            return False
+        encoded = encode_string(cleaned, encodings)
+        ds[tag] = DataElement(tag, "UN", encoded + b" " * (len(encoded) % 2))
         self.text_redacted += 1
         return True
 
@@ -261,6 +281,9 @@ class FileContext:
             ):
                 del ds[tag]
                 continue
+            if not in_dictionary(tag) and self.profile.rule_for_tag(tag) is None:
+                del ds[tag]  # a public tag outside the dictionary (a bit flip, a draft): unknown content
+                continue
             vr = _vr_of(raw, tag)
             self._action(tag, vr)(self, ds, tag, vr)
         for tag in creators:
@@ -293,6 +316,8 @@ class FileContext:
                 code = resolve_compound(code, self.attribute_type(keyword_for_tag(tag)))
             if vr in ("DA", "DT") and code == "C":
                 return SHIFT_DATE
+            if tag == PATIENT_AGE and code in ("K", "C") and self.profile.hipaa_age_cap:
+                return CAP_AGE
             return BY_CODE[code]
         return self._by_vr(tag, vr)
 
@@ -331,8 +356,23 @@ class FileContext:
             return False
         if code is None or code == "X":
             return False
+        if vr == "UN":
+            vr = self._read_unknown_private(ds, tag)
+            if vr == "UN" and code in ("C", "K"):
+                if code == "C":
+                    self.redact_bytes(ds, tag)
+                return True
         BY_CODE[code](self, ds, tag, vr)
         return tag in ds
+
+    def _read_unknown_private(self, ds: Dataset, tag: BaseTag) -> str:
+        """Give a kept private element stored as UN its VR (declared by the object, pydicom's
+        private dictionary, the profile's tables) or read it as a sequence; ``"UN"`` if neither."""
+        creator = ds[(tag & 0xFFFF0000) | ((tag >> 8) & 0xFF)].value
+        if isinstance(creator, bytes):
+            creator = creator.decode("latin-1")
+        known = private_vr(tag, str(creator), self.declared_vrs, self.profile.private_vrs)
+        return decode_un(ds, tag, known)
 
     def _safe_private_code(self, creator: str, group: int, offset: int) -> str | None:
         """The Retain Safe Private action (E.3.10): what the object declares in its Private Data
@@ -398,6 +438,7 @@ class HeaderEngine:
             declared_private=(
                 declared_private_blocks(ds) if self.profile.has("retain_safe_private") else {}
             ),
+            declared_vrs=declared_private_vrs(ds) if self.profile.private_vrs else {},
         )
 
     def apply(self, ds: Dataset) -> FileContext:

@@ -44,7 +44,8 @@ OPTIONS = (
 #: The keys a profile file may hold: its tables, the ``[profile]`` keys and the ``[[rule]]`` keys.
 FILE_KEYS = frozenset({"profile", "rule"})
 PROFILE_KEYS = frozenset(
-    {"name", "description", "extends", "options", "private_tables", "code_value", "coding_scheme", "code_meaning"}
+    {"name", "description", "extends", "options", "private_tables", "code_value", "coding_scheme", "code_meaning",
+     "hipaa_age_cap"}
 )
 RULE_KEYS = frozenset({"tag", "keyword", "vr", "private_creator", "element", "action", "name", "in_std_comp_iod"})
 #: The CID 7050 code of the Basic Application Confidentiality Profile.
@@ -116,6 +117,12 @@ class Profile:
     weakened
         Why the Basic profile (CID 7050 113100) is not claimed: the site rules that keep what
         Basic and the options remove, one phrase each; empty when it is claimed.
+    private_vrs
+        ``(creator, group, element offset)`` to VR, from Table E.3.10-1 and the private tables:
+        how a private element stored as UN is read (when neither the object nor pydicom knows).
+    hipaa_age_cap
+        Write ``090Y`` for a kept Patient's Age over 89 years (``[profile] hipaa_age_cap``,
+        default true; a site profile may set it to false).
     """
 
     name: str
@@ -130,6 +137,8 @@ class Profile:
     sr_concepts: dict[tuple[str, str], str] = field(default_factory=dict)
     weakened: tuple[str, ...] = ()
     description: str = ""
+    private_vrs: dict[tuple[str, int, int], str] = field(default_factory=dict)
+    hipaa_age_cap: bool = True
 
     @property
     def date_option(self) -> str | None:
@@ -295,6 +304,15 @@ def _private_table(name: str) -> dict[tuple[str, int, int], str]:
     return table
 
 
+def _private_vrs(name: str) -> dict[tuple[str, int, int], str]:
+    """``(creator, group, offset)`` to VR of the ``[[private]]`` entries of rules/``name``.toml."""
+    return {
+        (e["private_creator"].strip().upper(), int(e["group"], 16), int(e["element"], 16)): e["vr"]
+        for e in _read(rules_dir() / f"{name}.toml").get("private", [])
+        if e.get("vr")
+    }
+
+
 def _sr_concepts(options: tuple[str, ...]) -> dict[tuple[str, str], str]:
     concepts = {}
     for entry in _read(rules_dir() / "sr-concepts.toml")["concept"]:
@@ -380,11 +398,21 @@ def load_profile(name_or_path: str, extra_options: tuple[str, ...] = ()) -> Prof
         codes = [code for code in codes if code.value != BASIC_PROFILE_CODE]
         profile.weakened = tuple(weakened)
     profile.codes = tuple(codes)
+    for path, data in chain:  # the most derived profile that says decides
+        cap = data.get("profile", {}).get("hipaa_age_cap", profile.hipaa_age_cap)
+        if not isinstance(cap, bool):
+            raise ProfileError(f"{path}: hipaa_age_cap must be true or false")
+        profile.hipaa_age_cap = cap
     if profile.has("retain_safe_private"):
         profile.safe_private = _safe_private()
         for _, data in chain:
             for table_name in data.get("profile", {}).get("private_tables", []):
                 profile.private_table.update(_private_table(table_name))
+    if profile.private or profile.has("retain_safe_private"):  # private data may be kept
+        profile.private_vrs = _private_vrs("safe-private")
+        for _, data in chain:
+            for table_name in data.get("profile", {}).get("private_tables", []):
+                profile.private_vrs.update(_private_vrs(table_name))
     if profile.has("clean_structured_content"):
         profile.sr_concepts = _sr_concepts(ordered)
     return profile
