@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from deid.header.engine import HeaderEngine
+from deid.pixels.unused_bits import clear_unused_bits
 from deid.stage import Item
 
 
@@ -27,6 +28,9 @@ class HeaderStage:
 
     def __call__(self, item: Item) -> None:
         ctx = self.engine.apply(item.ds)
+        if clear_unused_bits(item.ds):  # overlays are always removed, old-style ones included
+            item.notes.append("pixel bits above High Bit cleared (old-style overlay)")
+            item.pixels_changed = True
         item.uid_pairs.update(ctx.uid_pairs)
         item.patient_pair = (ctx.original_patient_id, ctx.patient_pseudonym)
         item.identifying = ctx.identifying

@@ -1,0 +1,90 @@
+"""Bits of native Pixel Data outside Bits Stored / High Bit: where retired overlays hid.
+
+Old-style overlays (Overlay Bits Position non-zero) draw their bitmap, text included, into the
+unused high bits of each sample; removing group 60xx leaves that bitmap in the pixels. The
+header stage removes every overlay, so it also clears these bits: zero for unsigned samples,
+the sign extension of the stored value for signed ones (the form readers that ignore Bits
+Stored expect). Encapsulated pixel data is not examined: decoding every compressed image would
+cost a header-only run more than the header itself, and old-style overlays were defined for
+native pixel data.
+"""
+
+from __future__ import annotations
+
+from pydicom.dataset import Dataset
+
+
+def _layout(ds: Dataset) -> tuple[int, int, int, bool] | None:
+    """``(bits allocated, bits stored, lowest stored bit, signed)``, or ``None`` when every
+    allocated bit is stored or the description is unusable."""
+    try:
+        allocated, stored = int(ds.BitsAllocated), int(ds.BitsStored)
+        high = int(ds.get("HighBit", stored - 1))
+        signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    except (AttributeError, TypeError, ValueError):
+        return None
+    low = high + 1 - stored
+    if allocated not in (8, 16, 32) or not 0 < stored < allocated or low < 0 or high >= allocated:
+        return None
+    return allocated, stored, low, signed
+
+
+def normalised(values, allocated: int, stored: int, low: int, signed: bool):
+    """``values`` (unsigned integers of ``allocated`` bits) with every bit outside the stored
+    range cleared, or set to the sign extension of a signed stored value."""
+    import numpy as np
+
+    mask = ((1 << stored) - 1) << low
+    kept = values & values.dtype.type(mask)
+    if not signed or low:
+        return kept
+    wide = kept.astype(np.int64)
+    negative = (wide >> (stored - 1)) & 1 == 1
+    wide[negative] -= 1 << stored
+    return (wide & ((1 << allocated) - 1)).astype(values.dtype)
+
+
+def _native_samples(ds: Dataset):
+    """The native pixel data as unsigned samples and its layout, or ``None``."""
+    import numpy as np
+
+    syntax = getattr(ds.file_meta, "TransferSyntaxUID", None)
+    if "PixelData" not in ds or syntax is None or syntax.is_compressed:
+        return None
+    layout = _layout(ds)
+    if layout is None:
+        return None
+    data = ds.PixelData
+    if not isinstance(data, bytes):
+        return None
+    size = layout[0] // 8
+    order = "<" if syntax.is_little_endian else ">"
+    return np.frombuffer(data, f"{order}u{size}", count=len(data) // size), data, layout
+
+
+def clear_unused_bits(ds: Dataset) -> bool:
+    """Clear the bits outside the stored range of native pixel data in place.
+
+    Returns
+    -------
+    bool
+        Whether any sample changed (the pixel data is rewritten only then).
+    """
+    found = _native_samples(ds)
+    if found is None:
+        return False
+    values, data, layout = found
+    cleaned = normalised(values, *layout)
+    if (cleaned == values).all():
+        return False
+    ds.PixelData = cleaned.astype(values.dtype).tobytes() + data[cleaned.nbytes :]  # in the file's byte order
+    return True
+
+
+def unused_bits_set(ds: Dataset) -> int:
+    """How many native samples of ``ds`` carry bits outside the stored range (for ``verify``)."""
+    found = _native_samples(ds)
+    if found is None:
+        return 0
+    values, _, layout = found
+    return int((normalised(values, *layout) != values).sum())
