@@ -1,6 +1,7 @@
 """The release description, ``OUT/DEIDENTIFICATION.md``: what was done to the whole release.
 
-Rendered with Jinja2 from ``deid/templates/DEIDENTIFICATION.md.j2`` out of what the driver knows
+Rendered with Jinja2 (a well-kept templating library: the page is text with tables, loops and
+conditions, which string concatenation would bury) from ``deid/templates/DEIDENTIFICATION.md.j2`` out of what the driver knows
 without reading a DICOM file: the release's identity (:mod:`deid.release`), the profile's facts
 (its codes, its description), the ledger's rows and the deformation model's metadata. It holds
 no PHI: counts, reasons, codes, new UIDs only.
@@ -8,6 +9,8 @@ no PHI: counts, reasons, codes, new UIDs only.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections import Counter
 from pathlib import Path
@@ -55,14 +58,24 @@ def rules_edition() -> str:
 
 
 def write_description(
-    output_root: Path, identity: dict[str, Any], facts: dict[str, Any], rows: list[tuple], model: Path | None
+    output_root: Path,
+    audit_dir: Path,
+    identity: dict[str, Any],
+    facts: dict[str, Any],
+    rows: list[tuple],
+    model: Path | None,
 ) -> None:
-    """Write ``OUT/DEIDENTIFICATION.md`` (unchanged content is not rewritten).
+    """Write ``OUT/DEIDENTIFICATION.md``.
+
+    The template is rendered only when what it says has changed (a digest of its inputs is kept
+    in the audit folder), so that a nightly run with nothing to do does not load Jinja2.
 
     Parameters
     ----------
     output_root
         The release folder.
+    audit_dir
+        The release's audit folder.
     identity
         The release's identity (:func:`deid.release.identity`).
     facts
@@ -73,9 +86,30 @@ def write_description(
     model
         The deformation model when the deformation runs (``None``: the shipped one).
     """
-    from jinja2 import Environment, PackageLoader, StrictUndefined
+    from deid.release import write_text_atomic
 
-    from deid.release import model_metadata, write_text_atomic
+    context = _context(identity, facts, rows, model)
+    template = Path(__file__).with_name("templates") / f"{DESCRIPTION_NAME}.j2"
+    digest = hashlib.sha256(template.read_bytes() + json.dumps(context, sort_keys=True).encode()).hexdigest()
+    stamp = audit_dir / "description.sha256"
+    target = output_root / DESCRIPTION_NAME
+    if target.is_file() and stamp.is_file() and stamp.read_text().strip() == digest:
+        return
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+    environment = Environment(
+        loader=FileSystemLoader(template.parent), undefined=StrictUndefined, keep_trailing_newline=True,
+        trim_blocks=True, lstrip_blocks=True,
+    )
+    write_text_atomic(target, environment.get_template(template.name).render(**context))
+    write_text_atomic(stamp, digest + "\n")
+
+
+def _context(
+    identity: dict[str, Any], facts: dict[str, Any], rows: list[tuple], model: Path | None
+) -> dict[str, Any]:
+    """What the template says, from the release's identity, the profile's facts and the ledger."""
+    from deid.release import model_metadata
 
     counts = Counter(row[1] for row in rows)
     written = [row for row in rows if row[1] == "written"]
@@ -90,35 +124,31 @@ def write_description(
             "sha256": info.get("sha256", ""),
             "measured": info.get("measured") or {},
         }
-    environment = Environment(
-        loader=PackageLoader("deid", "templates"), undefined=StrictUndefined, keep_trailing_newline=True,
-        trim_blocks=True, lstrip_blocks=True,
-    )
-    text = environment.get_template(f"{DESCRIPTION_NAME}.j2").render(
-        version=__version__,
-        edition=rules_edition(),
-        identity=identity,
-        profile_description=facts.get("description", ""),
-        profile_argument=Path(identity["profile_source"]).name,
-        extra_options=[o for o in identity["options"] if o not in facts.get("own_options", identity["options"])],
-        counts={status: counts.get(status, 0) for status in ("written", "quarantined", "skipped")},
-        totals={
+    return {
+        "version": __version__,
+        "edition": rules_edition(),
+        "identity": identity,
+        "profile_description": facts.get("description", ""),
+        "profile_argument": Path(identity["profile_source"]).name,
+        "extra_options": [o for o in identity["options"] if o not in facts.get("own_options", identity["options"])],
+        "counts": {status: counts.get(status, 0) for status in ("written", "quarantined", "skipped")},
+        "totals": {
             "patients": len({row[2].split("/", 1)[0] for row in written}),
             "studies": len({row[2].rsplit("/", 2)[0] for row in written}),
             "series": len({row[2].rsplit("/", 1)[0] for row in written}),
         },
-        codes=[
+        "codes": [
             {"value": value, "meaning": meaning, "effect": CODE_EFFECTS.get(value, "")}
             for value, meaning in facts["codes"]
         ],
-        weakened=facts.get("weakened", []),
-        date_policy=_DATE_POLICIES[facts.get("date_option")],
-        pixel_lines=_pixel_lines(pixels, written),
-        model=model_info,
-        quarantine=sorted(Counter(row[6] for row in rows if row[1] == "quarantined").items(),
-                          key=lambda item: (-item[1], item[0])),
-    )
-    write_text_atomic(output_root / DESCRIPTION_NAME, text)
+        "weakened": facts.get("weakened", []),
+        "date_policy": _DATE_POLICIES[facts.get("date_option")],
+        "pixel_lines": _pixel_lines(pixels, written),
+        "model": model_info,
+        "quarantine": sorted(
+            Counter(row[6] for row in rows if row[1] == "quarantined").items(), key=lambda item: (-item[1], item[0])
+        ),
+    }
 
 
 def _pixel_lines(pixels: dict[str, Any], written: list[tuple]) -> list[str]:

@@ -246,7 +246,7 @@ def _run_locked(
         clear_staging(output_root)
         rows = ledger.write_reports(output_root)
         write_description(
-            output_root, identity, facts, rows, Path(config.deform_model) if config.deform_model else None
+            output_root, audit_dir, identity, facts, rows, Path(config.deform_model) if config.deform_model else None
         )
         counts = ledger.status_counts(sources)
         write_page(audit_dir, {"counts": counts, "profile": name, "options": options,
