@@ -84,6 +84,9 @@ def main() -> None:
 @click.option("--rebuild", is_flag=True,
               help="Replace the whole release: build it anew beside OUTPUT_DIR and swap it in (the old "
                    "release stays intact until then). Needed to change key, profile, options or pixels.")
+@click.option("--dicomdir", is_flag=True,
+              help="Also write OUT/DICOMDIR (PS3.10 media directory; its objects are hard links under "
+                   "OUT/PTxxxxxx); later runs keep it up to date.")
 @click.option("--fail-on", type=click.Choice(["new", "any", "never"]), default="new", show_default=True,
               help="Exit 1 for inputs quarantined by this run that were not before (new), for any "
                    "quarantined input (any), or never.")
@@ -110,6 +113,7 @@ def run(
     dry_run: bool,
     rebuild: bool,
     fail_on: str,
+    dicomdir: bool,
 ) -> None:
     """De-identify every DICOM file under INPUT_DIR into OUTPUT_DIR."""
     from deid.header.profiles import ProfileError
@@ -133,7 +137,7 @@ def run(
             return
         summary = run_pipeline(
             config, input_dir, output_dir, audit_dir, jobs, scheduler, name_inputs=not json_lines,
-            rebuild=rebuild, fail_on=fail_on,
+            rebuild=rebuild, fail_on=fail_on, dicomdir=dicomdir,
         )
     except (ProfileError, KeyFileError, ReleaseMismatch, ValueError) as exc:
         log.error("configuration error", reason=str(exc))

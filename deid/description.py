@@ -88,7 +88,7 @@ def write_description(
     """
     from deid.release import write_text_atomic
 
-    context = _context(identity, facts, rows, model)
+    context = _context(output_root, identity, facts, rows, model)
     template = Path(__file__).with_name("templates") / f"{DESCRIPTION_NAME}.j2"
     digest = hashlib.sha256(template.read_bytes() + json.dumps(context, sort_keys=True).encode()).hexdigest()
     stamp = audit_dir / "description.sha256"
@@ -106,6 +106,7 @@ def write_description(
 
 
 def _context(
+    output_root: Path,
     identity: dict[str, Any], facts: dict[str, Any], rows: list[tuple], model: Path | None
 ) -> dict[str, Any]:
     """What the template says, from the release's identity, the profile's facts and the ledger."""
@@ -145,6 +146,7 @@ def _context(
         "date_policy": _DATE_POLICIES[facts.get("date_option")],
         "pixel_lines": _pixel_lines(pixels, written),
         "model": model_info,
+        "dicomdir": (output_root / "DICOMDIR").is_file(),
         "quarantine": sorted(
             Counter(row[6] for row in rows if row[1] == "quarantined").items(), key=lambda item: (-item[1], item[0])
         ),

@@ -25,6 +25,7 @@ from deid import release
 from deid.audit import STATUSES, FileResult, Ledger
 from deid.config import RunConfig
 from deid.description import write_description
+from deid.dicomdir import DICOMDIR_NAME
 from deid.executors import run_dask, run_local
 from deid.header.profiles import load_profile
 from deid.header.pseudonyms import Pseudonymizer
@@ -142,6 +143,7 @@ def run(
     name_inputs: bool = False,
     rebuild: bool = False,
     fail_on: str = "new",
+    dicomdir: bool = False,
 ) -> RunSummary:
     """De-identify every file under ``input_root`` into ``output_root``.
 
@@ -165,6 +167,9 @@ def run(
         one, which stays intact until then; the way to change key, profile, options or pixels.
     fail_on
         Which quarantines make :attr:`RunSummary.exit_code` 1 (:data:`FAIL_ON`).
+    dicomdir
+        Write ``OUT/DICOMDIR`` (:mod:`deid.dicomdir`); once there, later runs that change the
+        release keep it up to date.
 
     Returns
     -------
@@ -193,11 +198,15 @@ def run(
     with AuditLock(audit_dir):
         release.recover(output_root, audit_dir)
         if not rebuild:
-            summary = _run_locked(config, input_root, output_root, audit_dir, jobs, scheduler, name_inputs)
+            summary = _run_locked(
+                config, input_root, output_root, audit_dir, jobs, scheduler, name_inputs, dicomdir
+            )
         else:
             new_output, new_audit = release.aside(output_root), release.aside(audit_dir)
             try:
-                summary = _run_locked(config, input_root, new_output, new_audit, jobs, scheduler, name_inputs)
+                summary = _run_locked(
+                    config, input_root, new_output, new_audit, jobs, scheduler, name_inputs, dicomdir
+                )
             except BaseException:
                 for folder in (new_output, new_audit):
                     shutil.rmtree(folder, ignore_errors=True)
@@ -216,6 +225,7 @@ def _run_locked(
     jobs: int,
     scheduler: str | None,
     name_inputs: bool,
+    dicomdir: bool,
 ) -> RunSummary:
     """:func:`run` once the audit folder is locked and the folders are checked."""
     ledger = Ledger(audit_dir, config.fingerprint())
@@ -245,6 +255,10 @@ def _run_locked(
         ledger.set_profile(facts)
         clear_staging(output_root)
         rows = ledger.write_reports(output_root)
+        if dicomdir or (todo and (output_root / DICOMDIR_NAME).exists()):
+            from deid.dicomdir import write_dicomdir
+
+            write_dicomdir(output_root, [row[2] for row in rows if row[1] == "written"])
         write_description(
             output_root, audit_dir, identity, facts, rows, Path(config.deform_model) if config.deform_model else None
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -184,3 +185,25 @@ def test_readme_lists_every_exit_code():
     listed = readme.split("**Exit codes.**")[1].split("\n* ")[0]
     for code in ("0", "1", "2", "3", "70", "75", "130"):
         assert f" {code} " in listed.replace("\n", " ")
+
+
+def test_dicomdir_indexes_the_release_and_stays_fresh(inputs: Path, tmp_path: Path, key_file: Path):
+    out = tmp_path / "out"
+    (inputs / "DOE_JOHN2_MRN445562" / "IM0003.dcm").rename(tmp_path / "later.dcm")
+    command = ["run", str(inputs), str(out), "--key-file", str(key_file), "-j", "1", "--json-logs"]
+    assert CliRunner().invoke(main, [*command, "--dicomdir"]).exit_code == 0
+    fileset = FileSet(out / "DICOMDIR")
+    manifest = list(csv.DictReader((out / "manifest.csv").open()))
+    assert len(fileset) == len(manifest) == 11
+    for instance in fileset:
+        assert Path(instance.path).relative_to(out).parts[0].startswith("PT")
+        released = out / next(r["path"] for r in manifest if r["path"].endswith(f"/{instance.SOPInstanceUID}.dcm"))
+        assert os.path.samefile(instance.path, released)  # a hard link, not a second copy
+    record = next(iter(fileset)).node.parent.parent._record  # the STUDY record
+    assert record.StudyID == "DEID"  # emptied by Basic: a dummy in the record only
+    first = (out / "DICOMDIR").read_bytes()
+    (tmp_path / "later.dcm").rename(inputs / "DOE_JOHN2_MRN445562" / "IM0003.dcm")
+    assert CliRunner().invoke(main, command).exit_code == 0  # no --dicomdir: kept fresh all the same
+    assert len(FileSet(out / "DICOMDIR")) == 12 and (out / "DICOMDIR").read_bytes() != first
+    assert "`DICOMDIR`" in (out / "DEIDENTIFICATION.md").read_text()
+    assert not any(value in (out / "DICOMDIR").read_bytes() for value in (b"DOE", b"MRN"))
