@@ -78,7 +78,10 @@ def main() -> None:
               help="Private audit folder (ledger, crosswalks); default OUTPUT_DIR.audit.")
 @click.option("--json-logs/--console-logs", default=None,
               help="Log format; default JSON lines unless stderr is a terminal.")
-@click.option("--verbose", "-v", is_flag=True, help="Also log skipped (non-DICOM) files.")
+@click.option("--verbose", "-v", is_flag=True,
+              help="Also log every file (written and skipped) and the libraries' warnings.")
+@click.option("--quiet", "-q", is_flag=True,
+              help="No progress bar and no summary: only files not written and errors.")
 @click.option("--dry-run", is_flag=True,
               help="Say what the run would do (stages, profile, files found) and write nothing, not even a key.")
 @click.option("--rebuild", is_flag=True,
@@ -110,6 +113,7 @@ def run(
     audit_dir: Path | None,
     json_logs: bool | None,
     verbose: bool,
+    quiet: bool,
     dry_run: bool,
     rebuild: bool,
     fail_on: str,
@@ -121,8 +125,9 @@ def run(
     from deid.pipeline import LockedError, RunConfig, default_audit_dir
     from deid.pipeline import run as run_pipeline
     from deid.release import ReleaseMismatch
+    from deid.terminal import key_source, summary_lines
 
-    json_lines = logs.configure(json_logs, verbose)
+    json_lines = logs.configure(json_logs, verbose, quiet)
     log = structlog.get_logger()
     try:
         key = load_key(key_file, create=not dry_run)
@@ -138,6 +143,7 @@ def run(
         summary = run_pipeline(
             config, input_dir, output_dir, audit_dir, jobs, scheduler, name_inputs=not json_lines,
             rebuild=rebuild, fail_on=fail_on, dicomdir=dicomdir,
+            progress=False if quiet or json_lines else None,
         )
     except (ProfileError, KeyFileError, ReleaseMismatch, ValueError) as exc:
         log.error("configuration error", reason=str(exc))
@@ -151,23 +157,22 @@ def run(
     except Exception as exc:  # noqa: BLE001 - one line, not a traceback, for what was not foreseen
         log.error("unexpected error; please report it", **unexpected(exc, detail=not json_lines))
         sys.exit(EXIT_SOFTWARE)
-    audit = (audit_dir or default_audit_dir(output_dir.resolve()))
-    log.info(
-        "run finished",
-        **summary.counts,
-        new_quarantined=summary.new_quarantined,
-        processed=summary.processed,
-        resumed=summary.resumed,
-        seconds=round(summary.seconds, 2),
-        key_fingerprint=summary.release["key_fingerprint"],
-        audit=str(audit),
-    )
-    if summary.counts["quarantined"]:
-        click.echo(
-            f"{summary.counts['quarantined']} input(s) quarantined ({summary.new_quarantined} new): "
-            f"see {audit / 'quarantine.csv'}",
-            err=True,
+    audit = (audit_dir or default_audit_dir(output_dir.resolve())).resolve()
+    if json_lines:
+        log.info(
+            "run finished",
+            **summary.counts,
+            new_quarantined=summary.new_quarantined,
+            processed=summary.processed,
+            resumed=summary.resumed,
+            this_run=summary.this_run,
+            seconds=round(summary.seconds, 2),
+            key_fingerprint=summary.release["key_fingerprint"],
+            audit=str(audit),
         )
+    elif not quiet:
+        for line in summary_lines(summary, output_dir.resolve(), audit, key_source(key_file)):
+            click.echo(line, err=True)
     gc.freeze()  # spares the interpreter's final collection, which walks every object for nothing
     sys.exit(summary.exit_code)
 

@@ -85,6 +85,8 @@ class RunSummary:
     release
         The release's identity (:func:`deid.release.identity`): key fingerprint, profile,
         options, pixel configuration.
+    this_run
+        How many of the inputs processed by this run ended written, quarantined and skipped.
     fail_on
         Which quarantines make the exit code 1 (:data:`FAIL_ON`).
     """
@@ -95,6 +97,7 @@ class RunSummary:
     seconds: float
     new_quarantined: int = 0
     release: dict = field(default_factory=dict)
+    this_run: dict[str, int] = field(default_factory=dict)
     fail_on: str = "new"
 
     @property
@@ -144,6 +147,7 @@ def run(
     rebuild: bool = False,
     fail_on: str = "new",
     dicomdir: bool = False,
+    progress: bool | None = None,
 ) -> RunSummary:
     """De-identify every file under ``input_root`` into ``output_root``.
 
@@ -170,6 +174,8 @@ def run(
     dicomdir
         Write ``OUT/DICOMDIR`` (:mod:`deid.dicomdir`); once there, later runs that change the
         release keep it up to date.
+    progress
+        Show a progress bar on stderr; default: when stderr is a terminal.
 
     Returns
     -------
@@ -199,13 +205,13 @@ def run(
         release.recover(output_root, audit_dir)
         if not rebuild:
             summary = _run_locked(
-                config, input_root, output_root, audit_dir, jobs, scheduler, name_inputs, dicomdir
+                config, input_root, output_root, audit_dir, jobs, scheduler, name_inputs, dicomdir, progress
             )
         else:
             new_output, new_audit = release.aside(output_root), release.aside(audit_dir)
             try:
                 summary = _run_locked(
-                    config, input_root, new_output, new_audit, jobs, scheduler, name_inputs, dicomdir
+                    config, input_root, new_output, new_audit, jobs, scheduler, name_inputs, dicomdir, progress
                 )
             except BaseException:
                 for folder in (new_output, new_audit):
@@ -226,6 +232,7 @@ def _run_locked(
     scheduler: str | None,
     name_inputs: bool,
     dicomdir: bool,
+    progress: bool | None,
 ) -> RunSummary:
     """:func:`run` once the audit folder is locked and the folders are checked."""
     ledger = Ledger(audit_dir, config.fingerprint())
@@ -237,6 +244,7 @@ def _run_locked(
         name, options = facts["name"], tuple(facts["options"])
         identity = release.identity(config, name, options)
         made_output = not output_root.exists()
+        this_run = dict.fromkeys(STATUSES, 0)
         output_root.mkdir(parents=True, exist_ok=True)
         release.claim(output_root, identity)
         release.write_json_atomic(audit_dir / release.AUDIT_COPY_NAME, identity)
@@ -244,7 +252,9 @@ def _run_locked(
         quarantined_before = ledger.quarantined()
         try:
             if todo:
-                _process(config, todo, input_root, output_root, ledger, jobs, scheduler, name_inputs)
+                this_run = _process(
+                    config, todo, input_root, output_root, ledger, jobs, scheduler, name_inputs, progress
+                )
         except ValueError:  # a bad profile, rule file or model: leave no empty OUT behind
             clear_staging(output_root)
             if made_output:
@@ -268,7 +278,7 @@ def _run_locked(
         new_quarantined = sum(
             1 for src, seen in ledger.quarantined().items() if src in sources and quarantined_before.get(src) != seen
         )
-        summary = RunSummary(counts, len(todo), len(sources) - len(todo), 0.0, new_quarantined, identity)
+        summary = RunSummary(counts, len(todo), len(sources) - len(todo), 0.0, new_quarantined, identity, this_run)
         ledger.write_summary(
             {"counts": counts, "processed": summary.processed, "resumed": summary.resumed,
              "new_quarantined": new_quarantined, "profile": name, "options": list(options),
@@ -288,8 +298,15 @@ def _process(
     jobs: int,
     scheduler: str | None,
     name_inputs: bool,
-) -> None:
-    """Run ``todo`` through the workers; record and log each result as it arrives."""
+    progress: bool | None,
+) -> dict[str, int]:
+    """Run ``todo`` through the workers; record and log each result as it arrives.
+
+    Returns
+    -------
+    dict
+        How many of ``todo`` ended written, quarantined and skipped.
+    """
     pseudo = Pseudonymizer(config.key)
     process = FileTask(config, input_root, output_root, sample_rate(len(todo)))
     results = run_dask(process, todo, scheduler) if scheduler else run_local(process, todo, jobs)
@@ -297,8 +314,12 @@ def _process(
         from tqdm import tqdm  # only a run with work shows progress
 
         by_dst: dict[str, FileResult] = {}
-        for result in tqdm(results, total=len(todo), disable=None, unit="file"):
+        ends: dict[str, str] = {}
+        bar = tqdm(results, total=len(todo), disable=None if progress is None else not progress, unit="file",
+                   leave=False, dynamic_ncols=True)
+        for result in bar:
             for settled in _settle_duplicates(by_dst, result, process):
+                ends[settled.src] = settled.status
                 token = pseudo.token(f"src:{settled.src}")[:10]
                 ledger.record(settled, token)
                 kept = str(settled.meta.get("kept", "")) if settled.status == "quarantined" else ""
@@ -306,6 +327,10 @@ def _process(
     finally:
         if hasattr(results, "close"):
             results.close()  # stop the workers' remaining tasks if this ended early
+    counts = dict.fromkeys(STATUSES, 0)
+    for status in ends.values():
+        counts[status] += 1
+    return counts
 
 
 def profile_facts(config: RunConfig) -> dict:
