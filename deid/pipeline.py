@@ -29,7 +29,7 @@ from deid.dicomdir import DICOMDIR_NAME
 from deid.executors import run_dask, run_local
 from deid.header.profiles import load_profile
 from deid.header.pseudonyms import Pseudonymizer
-from deid.review import SAMPLE_SIZE, sample_rate, write_page
+from deid.review import SAMPLE_SIZE, review_page, sample_rate, write_page
 from deid.staging import clear_staging
 
 LOCK_NAME = ".deid.lock"
@@ -273,8 +273,9 @@ def _run_locked(
             output_root, audit_dir, identity, facts, rows, Path(config.deform_model) if config.deform_model else None
         )
         counts = ledger.status_counts(sources)
-        write_page(audit_dir, {"counts": counts, "profile": name, "options": options,
-                               **ledger.review(SAMPLE_SIZE)})
+        if todo or not review_page(audit_dir).is_file():  # an unchanged re-run keeps the page it has
+            write_page(audit_dir, {"counts": counts, "profile": name, "options": options,
+                                   **ledger.review(SAMPLE_SIZE)})
         new_quarantined = sum(
             1 for src, seen in ledger.quarantined().items() if src in sources and quarantined_before.get(src) != seen
         )

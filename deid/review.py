@@ -104,6 +104,11 @@ def write_preview(audit_dir: Path, token: str, preview: Preview) -> str:
     return "sample"
 
 
+def review_page(audit_dir: Path) -> Path:
+    """Where the review page of the release with audit folder ``audit_dir`` lies."""
+    return audit_dir / REVIEW_DIR / "index.html"
+
+
 def write_page(audit_dir: Path, context: dict[str, Any]) -> Path:
     """Render the review page into ``AUDIT/review/index.html``.
 
@@ -129,7 +134,7 @@ def write_page(audit_dir: Path, context: dict[str, Any]) -> Path:
     )
     environment.filters["layer_name"] = lambda layer: LAYER_NAMES.get(layer, layer)
     html = environment.get_template("review.html.j2").render(image_dir=IMAGE_DIR, **context)
-    page = audit_dir / REVIEW_DIR / "index.html"
+    page = review_page(audit_dir)
     page.parent.mkdir(parents=True, exist_ok=True)
     tmp = page.with_name(".index.html.tmp")
     tmp.write_text(html, encoding="utf-8")
@@ -137,4 +142,4 @@ def write_page(audit_dir: Path, context: dict[str, Any]) -> Path:
     return page
 
 
-__all__ = ["Region", "Preview", "sampled", "sample_rate", "write_preview", "write_page", "REVIEW_DIR"]
+__all__ = ["Region", "Preview", "sampled", "sample_rate", "write_preview", "write_page", "review_page", "REVIEW_DIR"]

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from deid.keys import KEY_FILE_ENV, default_key_path
-from deid.review import REVIEW_DIR
+from deid.review import review_page
 
 if TYPE_CHECKING:
     from deid.pipeline import RunSummary
@@ -44,7 +44,7 @@ def summary_lines(summary: RunSummary, output_dir: Path, audit_dir: Path, key_fi
         f"{summary.resumed} done before; {summary.new_quarantined} new quarantine(s)",
         f"  release:  {output_dir}",
         f"  audit:    {audit_dir} (private{'; reasons in quarantine.csv' if counts['quarantined'] else ''})",
-        f"  review:   {audit_dir / REVIEW_DIR / 'index.html'} (private: shows PHI)",
+        f"  review:   {review_page(audit_dir)} (private: shows PHI)",
     ]
     fingerprint = summary.release.get("key_fingerprint", "")
     lines.append(f"  key:      {key_file}" + (f" (fingerprint {fingerprint})" if fingerprint else ""))

@@ -15,6 +15,7 @@ audit's ``summary.json``.
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import re
 import warnings
@@ -526,6 +527,8 @@ class Check(Protocol):
 
 
 CHECKS: dict[str, Check] = {}
+#: Modules whose checks register themselves (with :func:`register_check`) when imported.
+CHECK_MODULES: tuple[str, ...] = ()
 
 
 def register_check(check: type | Check) -> Any:
@@ -723,6 +726,8 @@ def verify(
     KeyError
         If a named check is unknown.
     """
+    for module in CHECK_MODULES:
+        importlib.import_module(module)
     release = Release(output_dir, input_dir, audit_dir, profile)
     chosen = [CHECKS[name] for name in checks] if checks is not None else list(CHECKS.values())
     outputs = release.output_files()

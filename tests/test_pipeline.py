@@ -111,8 +111,9 @@ def test_rerun_over_an_unchanged_tree_does_not_load_pydicom(inputs: Path, tmp_pa
         f"s = run(RunConfig('basic', (), {KEY!r}), Path({str(inputs)!r}), Path({str(tmp_path / 'out')!r}), jobs=1); "
         "print(s.processed, s.resumed, 'pydicom' in sys.modules)"
     )
-    quiet = subprocess.run([sys.executable, "-c", rerun], capture_output=True, text=True, check=True)
-    assert quiet.stdout.split()[-3:] == ["0", "13", "False"]
+    quiet = subprocess.run([sys.executable, "-c", rerun + "; print('jinja2' in sys.modules)"],
+                           capture_output=True, text=True, check=True)
+    assert quiet.stdout.split()[-4:] == ["0", "13", "False", "False"]  # nor the templates of description and review
     (inputs / "DOE_JOHN0_MRN445560" / "IM0000.dcm").touch()  # a changed input is redone
     redone = subprocess.run([sys.executable, "-c", rerun], capture_output=True, text=True, check=True)
     assert redone.stdout.split()[-3:] == ["1", "12", "True"]  # after the file's log event
