@@ -159,8 +159,7 @@ class Ledger:
 
     def quarantined(self) -> dict[str, tuple[int, int]]:
         """``src`` to ``(size, mtime_ns)`` of every input the ledger holds as quarantined."""
-        rows = self.db.execute("SELECT src, size, mtime_ns FROM files WHERE status = 'quarantined'")
-        return {src: (size, mtime_ns) for src, size, mtime_ns in rows}
+        return _quarantined(self.db)
 
     def status_counts(self, sources: Iterable[str]) -> dict[str, int]:
         """Counts per status over ``sources``."""
@@ -310,6 +309,24 @@ class Ledger:
 
     def write_summary(self, summary: dict) -> None:
         (self.audit_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def quarantined_in(audit_dir: Path) -> dict[str, tuple[int, int]]:
+    """``src`` to ``(size, mtime_ns)`` of the inputs the ledger in ``audit_dir`` holds as
+    quarantined; empty when there is no ledger. The ledger is only read (as it was last closed)."""
+    path = audit_dir / "ledger.sqlite"
+    if not path.is_file():
+        return {}
+    db = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)  # no -wal/-shm files beside it
+    try:
+        return _quarantined(db)
+    finally:
+        db.close()
+
+
+def _quarantined(db: sqlite3.Connection) -> dict[str, tuple[int, int]]:
+    rows = db.execute("SELECT src, size, mtime_ns FROM files WHERE status = 'quarantined'")
+    return {src: (size, mtime_ns) for src, size, mtime_ns in rows}
 
 
 def series_rows(written: Iterable[tuple]) -> list[tuple]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import structlog
 
 from deid import release
-from deid.audit import STATUSES, FileResult, Ledger
+from deid.audit import STATUSES, FileResult, Ledger, quarantined_in
 from deid.config import RunConfig
 from deid.description import write_description
 from deid.dicomdir import DICOMDIR_NAME
@@ -211,7 +211,8 @@ def run(
             new_output, new_audit = release.aside(output_root), release.aside(audit_dir)
             try:
                 summary = _run_locked(
-                    config, input_root, new_output, new_audit, jobs, scheduler, name_inputs, dicomdir, progress
+                    config, input_root, new_output, new_audit, jobs, scheduler, name_inputs,
+                    dicomdir or (output_root / DICOMDIR_NAME).exists(), progress, quarantined_in(audit_dir),
                 )
             except BaseException:
                 for folder in (new_output, new_audit):
@@ -233,8 +234,10 @@ def _run_locked(
     name_inputs: bool,
     dicomdir: bool,
     progress: bool | None,
+    known_quarantined: dict[str, tuple[int, int]] | None = None,
 ) -> RunSummary:
-    """:func:`run` once the audit folder is locked and the folders are checked."""
+    """:func:`run` once the audit folder is locked and the folders are checked;
+    ``known_quarantined``: inputs an earlier release quarantined (a rebuild's), which are not new."""
     ledger = Ledger(audit_dir, config.fingerprint())
     try:
         sources = inventory(input_root)
@@ -249,7 +252,7 @@ def _run_locked(
         release.claim(output_root, identity)
         release.write_json_atomic(audit_dir / release.AUDIT_COPY_NAME, identity)
         clear_staging(output_root)
-        quarantined_before = ledger.quarantined()
+        quarantined_before = known_quarantined or ledger.quarantined()
         try:
             if todo:
                 this_run = _process(

@@ -92,15 +92,18 @@ def test_the_cli_says_what_differs_in_one_line_and_exits_3(inputs: Path, tmp_pat
 
 def test_rebuild_replaces_the_whole_release(inputs: Path, tmp_path: Path):
     out, audit = tmp_path / "out", tmp_path / "out.audit"
+    cut = inputs / "DOE_JOHN1_MRN445561" / "IM0002.dcm"
+    cut.write_bytes(cut.read_bytes()[:600])
     run(RunConfig("basic", (), KEY), inputs, out, jobs=1)
     old_folders = patient_folders(out)
     summary = run(RunConfig("basic", (), OTHER_KEY), inputs, out, jobs=1, rebuild=True)
-    assert summary.counts == {"written": 12, "quarantined": 0, "skipped": 1}
+    assert summary.counts == {"written": 11, "quarantined": 1, "skipped": 1}
+    assert summary.new_quarantined == 0 and summary.exit_code == 0  # the old release quarantined it already
     new_folders = patient_folders(out)
     assert len(new_folders) == 3 and not set(new_folders) & set(old_folders)
     assert sorted(crosswalk(audit).values()) == new_folders  # no stale mapping left
     manifest = list(csv.DictReader((out / "manifest.csv").open()))
-    assert len(manifest) == 12 and {r["path"].split("/")[0] for r in manifest} == set(new_folders)
+    assert len(manifest) == 11 and {r["path"].split("/")[0] for r in manifest} == set(new_folders)
     fingerprint = Pseudonymizer(OTHER_KEY).fingerprint()
     assert read_marker(out)["key_fingerprint"] == fingerprint
     assert json.loads((audit / "summary.json").read_text())["key_fingerprint"] == fingerprint
