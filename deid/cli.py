@@ -2,9 +2,10 @@
 
 Exit codes: 0 every DICOM input written (or, with ``--fail-on new``, the default, no input
 quarantined that was not quarantined before); 1 inputs quarantined (or, for ``verify``, a leak
-found); 2 usage error; 3 configuration error (profile, key, folders, or an output folder made
-with another key, profile, options or pixel configuration); 70 unexpected internal error; 75
-another run holds the output folder; 130 interrupted.
+found); 2 usage error; 3 configuration error (profile, key, folders, scheduler, or an output
+folder made with another key, profile, options or pixel configuration); 70 unexpected internal
+error; 74 the output or audit folder cannot be written (full disk, read-only or vanished mount,
+permissions); 75 another run holds the output folder; 130 interrupted; 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
@@ -23,8 +24,21 @@ from deid.config import DP_PIX
 
 EXIT_CONFIG = 3
 EXIT_SOFTWARE = 70
+EXIT_IO = 74
 EXIT_LOCKED = 75
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+
+def _check_scheduler(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from deid.executors import WorkerArgumentError, parse_scheduler
+
+    if value is not None:
+        try:
+            parse_scheduler(value)
+        except WorkerArgumentError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
 
 
 def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -52,8 +66,9 @@ def main() -> None:
               help="Add a PS3.15 option to the profile (repeatable), e.g. retain_uids.")
 @click.option("--key-file", type=click.Path(dir_okay=False, path_type=Path), envvar="DEID_KEY_FILE",
               help="Secret key for pseudonyms [env DEID_KEY_FILE]; default: a per-user key.")
-@click.option("--jobs", "-j", default=-1, show_default=True, help="Worker processes (-1: all cores).")
-@click.option("--scheduler", metavar="ADDRESS",
+@click.option("--jobs", "-j", type=click.IntRange(min=1),
+              help="Worker processes; default: every core (never more than the cores or the files).")
+@click.option("--scheduler", metavar="ADDRESS", callback=_check_scheduler,
               help="Run on Dask: a scheduler address (tcp://host:8786) or local:N for N local workers.")
 @click.option("--header-only", is_flag=True,
               help="Skip every pixel stage; objects that need pixel cleaning are quarantined.")
@@ -99,7 +114,7 @@ def run(
     profile: str,
     options: tuple[str, ...],
     key_file: Path | None,
-    jobs: int,
+    jobs: int | None,
     scheduler: str | None,
     header_only: bool,
     text_mode: str | None,
@@ -122,7 +137,8 @@ def run(
     """De-identify every DICOM file under INPUT_DIR into OUTPUT_DIR."""
     from deid.header.profiles import ProfileError
     from deid.keys import KeyFileError, load_key
-    from deid.pipeline import LockedError, RunConfig, default_audit_dir
+    from deid.lifeline import Terminated, sigterm_as_interrupt
+    from deid.pipeline import EnvironmentFault, LockedError, RunConfig, default_audit_dir
     from deid.pipeline import run as run_pipeline
     from deid.release import ReleaseMismatch
     from deid.terminal import key_source, summary_lines
@@ -140,17 +156,24 @@ def run(
         if dry_run:
             _describe(config, input_dir, key is not None)
             return
-        summary = run_pipeline(
-            config, input_dir, output_dir, audit_dir, jobs, scheduler, name_inputs=not json_lines,
-            rebuild=rebuild, fail_on=fail_on, dicomdir=dicomdir,
-            progress=False if quiet or json_lines else None,
-        )
+        with sigterm_as_interrupt():
+            summary = run_pipeline(
+                config, input_dir, output_dir, audit_dir, jobs, scheduler, name_inputs=not json_lines,
+                rebuild=rebuild, fail_on=fail_on, dicomdir=dicomdir,
+                progress=False if quiet or json_lines else None,
+            )
     except (ProfileError, KeyFileError, ReleaseMismatch, ValueError) as exc:
         log.error("configuration error", reason=str(exc))
         sys.exit(EXIT_CONFIG)
     except LockedError as exc:
         log.error("locked", reason=str(exc))
         sys.exit(EXIT_LOCKED)
+    except EnvironmentFault as exc:
+        log.error("stopped; nothing unwritten was recorded: mend this and run again", reason=str(exc))
+        sys.exit(EXIT_IO)
+    except Terminated:
+        log.error("terminated; run again to finish")
+        sys.exit(EXIT_TERMINATED)
     except KeyboardInterrupt:
         log.error("interrupted; run again to finish")
         sys.exit(EXIT_INTERRUPTED)

@@ -49,6 +49,9 @@ LOCAL_CLUSTER_CONFIG = {
     "distributed.admin.tick.interval": "1s",
 }
 
+#: Seconds to wait for a Dask scheduler to answer (Dask's own default is 30 s, then a traceback).
+CONNECT_TIMEOUT = 10
+
 ProcessFile = Callable[[str], FileResult]
 
 
@@ -69,17 +72,64 @@ def chunked(todo: list[str], workers: int, most: int) -> list[list[str]]:
     return chunks
 
 
-def run_local(process: ProcessFile, todo: list[str], jobs: int) -> Iterator[FileResult]:
-    """In process for one job, else on ``jobs`` local worker processes (``-1``: every core this
-    process may use), results in completion order.
+class WorkerArgumentError(ValueError):
+    """A worker count or scheduler address that cannot work (a usage error)."""
+
+
+class SchedulerError(ValueError):
+    """The Dask scheduler cannot be used: Dask is missing, or the scheduler does not answer."""
+
+
+def worker_count(jobs: int | None, files: int) -> int:
+    """How many local workers to start: ``jobs`` (``None``: every core this process may use,
+    container CPU quotas included), but no more than the cores and no more than ``files``.
+
+    Raises
+    ------
+    WorkerArgumentError
+        If ``jobs`` is not a positive number.
+    """
+    if jobs is not None and jobs < 1:
+        raise WorkerArgumentError(f"--jobs must be a positive number of worker processes, not {jobs}")
+    from loky import cpu_count
+
+    cores = cpu_count()
+    return max(1, min(cores if jobs is None else jobs, cores, files))
+
+
+def parse_scheduler(address: str) -> int | str:
+    """The worker count of ``local:N``, or a Dask scheduler address as it is.
+
+    Raises
+    ------
+    WorkerArgumentError
+        If ``local:N`` does not give a positive whole number, or the address has no scheme
+        (``tcp://``, ``tls://``, ...).
+    """
+    if address.startswith("local:"):
+        count = address.removeprefix("local:")
+        if not count.isdigit() or int(count) < 1:
+            raise WorkerArgumentError(
+                f"--scheduler local:N needs a positive number of workers, not {count!r}"
+            )
+        return int(count)
+    if "://" not in address:
+        raise WorkerArgumentError(
+            f"--scheduler takes a Dask scheduler address (tcp://host:8786) or local:N, not {address!r}"
+        )
+    return address
+
+
+def run_local(process: ProcessFile, todo: list[str], jobs: int | None) -> Iterator[FileResult]:
+    """In process for one worker, else on local worker processes (:func:`worker_count`),
+    results in completion order.
 
     The workers start, and files are dispatched, when the iteration starts.
     """
-    if jobs == 1:
+    workers = worker_count(jobs, len(todo))
+    if workers == 1:
         return map(process, todo)
-    from loky import cpu_count
-
-    return LocalResults(process, todo, cpu_count() if jobs < 0 else jobs)
+    return LocalResults(process, todo, workers)
 
 
 class LocalResults:
@@ -142,8 +192,10 @@ class LocalResults:
         from loky import ProcessPoolExecutor
 
         context = _forkserver_context(["loky.process_executor"])
+        if context is not None:
+            _ensure_forkserver()
         self.executor = ProcessPoolExecutor(
-            workers, timeout=WORKER_IDLE, context=context, initializer=_ignore_sigint
+            workers, timeout=WORKER_IDLE, context=context, initializer=_start_worker
         )
         return self.executor
 
@@ -170,8 +222,23 @@ def _forkserver_context(first: list[str]):
     return context
 
 
-def _ignore_sigint() -> None:
+def _ensure_forkserver() -> None:
+    """Start the forkserver from this thread, the driver's main one: the server dies with the
+    thread that started it (:mod:`deid.preload`), never with a helper thread."""
+    from multiprocessing import forkserver
+
+    forkserver.ensure_running()
+
+
+def _start_worker() -> None:
+    """A local worker's initializer: the driver alone handles Ctrl-C and SIGTERM (it stops the
+    workers), and the worker dies with the forkserver that forked it, which dies with the driver."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from deid import preload
+    from deid.lifeline import die_with_parent
+
+    die_with_parent(preload.FORKSERVER_PID)
 
 
 def run_dask(process: ProcessFile, todo: list[str], scheduler: str) -> Iterator[FileResult]:
@@ -185,26 +252,44 @@ def run_dask(process: ProcessFile, todo: list[str], scheduler: str) -> Iterator[
     keeps dying is split into single files, and a file that still kills its worker is
     quarantined.
 
-    The workers of a local cluster fork from a forkserver (where the platform has one) that has
-    imported distributed and deid while this process imports distributed; like local workers,
-    they inherit this process's environment rather than the nanny's pre-spawn variables.
+    The workers of a local cluster (no more than the cores and the files) fork from a
+    forkserver (where the platform has one) that has imported distributed and deid while this
+    process imports distributed; like local workers, they inherit this process's environment
+    rather than the nanny's pre-spawn variables.
+
+    Raises
+    ------
+    WorkerArgumentError
+        If ``scheduler`` is neither ``local:N`` nor an address (:func:`parse_scheduler`).
+    SchedulerError
+        If Dask is not installed, or the scheduler cannot be reached within
+        :data:`CONNECT_TIMEOUT` seconds.
     """
-    local = scheduler.startswith("local:")
+    target = parse_scheduler(scheduler)
+    local = isinstance(target, int)
     forked = local and _start_forkserver()
-    import dask
-    from distributed import Client, LocalCluster
+    try:
+        import dask
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise SchedulerError("--scheduler needs Dask: pip install 'deid-dicom[dask]'") from None
 
     cluster = None
-    if local:
+    if isinstance(target, int):
         method = {"distributed.worker.multiprocessing-method": "forkserver"} if forked else {}
         with dask.config.set({**LOCAL_CLUSTER_CONFIG, **method}):
             cluster = LocalCluster(
-                n_workers=int(scheduler.removeprefix("local:")),
+                n_workers=worker_count(target, len(todo)),
                 threads_per_worker=1,
                 processes=True,
                 dashboard_address=None,
             )
-    client = Client(cluster or scheduler)
+    try:
+        client = Client(cluster or target, timeout=CONNECT_TIMEOUT)
+    except (OSError, TimeoutError) as exc:
+        raise SchedulerError(
+            f"cannot reach the Dask scheduler at {target} within {CONNECT_TIMEOUT} s ({type(exc).__name__})"
+        ) from None
     task = partial(process_chunk, process)
     workers = max(1, sum(client.nthreads().values()))  # those connected yet; more may join
     futures = {client.submit(task, chunk, pure=False): chunk for chunk in chunked(todo, workers, DASK_CHUNK)}
@@ -216,9 +301,7 @@ def _start_forkserver() -> bool:
     the platform has none."""
     if _forkserver_context(["distributed"]) is None:
         return False
-    from multiprocessing import forkserver
-
-    forkserver.ensure_running()
+    _ensure_forkserver()
     return True
 
 
