@@ -245,8 +245,11 @@ class Ledger:
         self._pending = 0
 
     def close(self) -> None:
-        self.commit()
-        self.db.close()
+        """Commit what is recorded and close the ledger (closed also when the commit fails)."""
+        try:
+            self.commit()
+        finally:
+            self.db.close()
 
     def write_reports(self, output_root: Path) -> list[tuple]:
         """Write the release manifest and series list into ``output_root`` and the private

@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import os
 import shutil
+import sqlite3
 import stat
 import time
 from collections.abc import Callable
@@ -22,15 +23,16 @@ from pathlib import Path
 import structlog
 
 from deid import release
-from deid.audit import STATUSES, FileResult, Ledger, quarantined_in
+from deid.audit import MANIFEST_NAME, STATUSES, FileResult, Ledger, quarantined_in
 from deid.config import RunConfig
 from deid.description import write_description
 from deid.dicomdir import DICOMDIR_NAME
 from deid.executors import run_dask, run_local
+from deid.faults import EnvironmentFault, environment_fault
 from deid.header.profiles import load_profile
 from deid.header.pseudonyms import Pseudonymizer
 from deid.review import SAMPLE_SIZE, review_page, sample_rate, write_page
-from deid.staging import clear_staging
+from deid.staging import clear_staging, remove_empty_folders
 
 LOCK_NAME = ".deid.lock"
 #: The reason of an input quarantined because another input, which was kept, has its SOP Instance UID.
@@ -39,7 +41,7 @@ log = structlog.get_logger()
 
 
 class LockedError(RuntimeError):
-    """Another run holds the lock on this output folder."""
+    """Another run holds the lock on this output folder (or its audit folder)."""
 
 
 def inventory(root: Path) -> dict[str, tuple[int, int]]:
@@ -106,24 +108,25 @@ class RunSummary:
         return 1 if failed else 0
 
 
-class AuditLock:
-    """An exclusive ``flock`` on ``AUDIT/.deid.lock`` for the duration of a run.
+class FolderLock:
+    """An exclusive ``flock`` on ``FOLDER/.deid.lock`` (an empty file, created with the folder if
+    missing) for the duration of a run.
 
-    The audit folder belongs to one output folder (``OUT.audit`` by default), so the lock keeps
-    two runs off one output without writing anything into the release.
+    ``fcntl.flock`` is released by the kernel when the process dies, so a killed run leaves no
+    stale lock, and it works on NFS (as a POSIX lock on the file, which is open for writing).
     """
 
-    def __init__(self, audit_dir: Path) -> None:
-        self.path = audit_dir / LOCK_NAME
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / LOCK_NAME
 
-    def __enter__(self) -> AuditLock:
+    def __enter__(self) -> FolderLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = self.path.open("w")
+        self.handle = self.path.open("a")
         try:
             fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self.handle.close()
-            raise LockedError(f"another deid run holds {self.path}") from None
+            raise LockedError(f"another deid run holds {self.path.parent}") from None
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -136,12 +139,52 @@ def default_audit_dir(output_root: Path) -> Path:
     return output_root.with_name(output_root.name + ".audit")
 
 
+def check_folders(input_root: Path, output_root: Path, audit_dir: Path) -> None:
+    """Refuse folders that would mix the input, the release and the private audit, and an output
+    folder that holds something other than a deid release (resolved paths).
+
+    Raises
+    ------
+    ValueError
+        If the input and the output contain each other, the audit folder lies inside either, or
+        the output folder is not empty and not a deid release.
+    """
+    if input_root.is_relative_to(output_root) or output_root.is_relative_to(input_root):
+        raise ValueError("input and output folders must not contain each other")
+    for folder, name in ((output_root, "output"), (input_root, "input")):
+        if audit_dir.is_relative_to(folder):
+            raise ValueError(f"the audit folder must lie outside the {name} folder")
+    if not is_release_or_empty(output_root):
+        raise ValueError(
+            f"{output_root} is not empty and is not a deid release; choose a new or empty output folder"
+        )
+
+
+def is_release_or_empty(output_root: Path) -> bool:
+    """Whether ``output_root`` is missing, empty, or a folder deid made: it holds deid's lock or
+    release marker (both made before the first output is written), or the manifest of a release
+    made before the marker existed."""
+    try:
+        names = set(os.listdir(output_root))
+    except FileNotFoundError:
+        return True
+    except NotADirectoryError:
+        return False
+    if not names or LOCK_NAME in names or release.MARKER_NAME in names:
+        return True
+    manifest = output_root / MANIFEST_NAME
+    if MANIFEST_NAME not in names or not manifest.is_file():
+        return False
+    with manifest.open("rb") as handle:
+        return handle.readline().startswith(b"path,sop_class_uid,")
+
+
 def run(
     config: RunConfig,
     input_root: Path,
     output_root: Path,
     audit_dir: Path | None = None,
-    jobs: int = -1,
+    jobs: int | None = None,
     scheduler: str | None = None,
     name_inputs: bool = False,
     rebuild: bool = False,
@@ -158,9 +201,10 @@ def run(
     input_root, output_root
         The input tree and the release folder.
     audit_dir
-        Private audit folder; default :func:`default_audit_dir`. Must lie outside ``output_root``.
+        Private audit folder; default :func:`default_audit_dir`. Must lie outside ``input_root``
+        and ``output_root``.
     jobs
-        Local worker processes (``-1``: all cores).
+        Local worker processes (``None``: every core), no more than the cores and the files.
     scheduler
         A Dask scheduler address (``tcp://host:8786``) or ``local:N``; replaces ``jobs``.
     name_inputs
@@ -185,43 +229,99 @@ def run(
     Raises
     ------
     LockedError
-        If another run holds the output folder.
+        If another run holds the output folder or the audit folder.
     ReleaseMismatch
         If the output folder holds a release made with another key, profile, options or
         pixel configuration (and ``rebuild`` is not set).
     ValueError
-        If the audit folder lies inside the output folder or the input inside the output.
+        If the folders are refused (:func:`check_folders`), or a worker argument, the profile,
+        a rule file or a model is bad.
+    EnvironmentFault
+        If the output or the audit folder cannot be written (a full disk, a read-only or
+        vanished mount, permissions): what was written is recorded, nothing else, and the
+        folders this run made empty are removed. Run again once it is mended.
     """
     started = time.monotonic()
     input_root, output_root = input_root.resolve(), output_root.resolve()
     audit_dir = (audit_dir or default_audit_dir(output_root)).resolve()
     if fail_on not in FAIL_ON:
         raise ValueError(f"--fail-on must be one of {', '.join(FAIL_ON)}")
-    if audit_dir.is_relative_to(output_root):
-        raise ValueError("the audit folder must lie outside the output folder")
-    if input_root.is_relative_to(output_root) or output_root.is_relative_to(input_root):
-        raise ValueError("input and output folders must not contain each other")
-    with AuditLock(audit_dir):
-        release.recover(output_root, audit_dir)
-        if not rebuild:
-            summary = _run_locked(
-                config, input_root, output_root, audit_dir, jobs, scheduler, name_inputs, dicomdir, progress
-            )
-        else:
-            new_output, new_audit = release.aside(output_root), release.aside(audit_dir)
+    try:
+        check_folders(input_root, output_root, audit_dir)
+        made_output = not output_root.exists()
+        with FolderLock(output_root):
             try:
-                summary = _run_locked(
-                    config, input_root, new_output, new_audit, jobs, scheduler, name_inputs,
-                    dicomdir or (output_root / DICOMDIR_NAME).exists(), progress, quarantined_in(audit_dir),
-                )
-            except BaseException:
-                for folder in (new_output, new_audit):
-                    shutil.rmtree(folder, ignore_errors=True)
+                with FolderLock(audit_dir):
+                    summary = _run_or_rebuild(
+                        config, input_root, output_root, audit_dir, jobs, scheduler, name_inputs, rebuild,
+                        dicomdir, progress,
+                    )
+            except BaseException as exc:
+                _clean_up_stopped_run(output_root, made_output, faulted=_is_fault(exc))
                 raise
-            release.swap_in(output_root, audit_dir)
+    except (OSError, sqlite3.Error) as exc:
+        raise _fault(exc, output_root) from None
     summary.seconds = time.monotonic() - started
     summary.fail_on = fail_on
     return summary
+
+
+def _run_or_rebuild(
+    config: RunConfig,
+    input_root: Path,
+    output_root: Path,
+    audit_dir: Path,
+    jobs: int | None,
+    scheduler: str | None,
+    name_inputs: bool,
+    rebuild: bool,
+    dicomdir: bool,
+    progress: bool | None,
+) -> RunSummary:
+    """:func:`run` once both folders are locked: in place, or aside and swapped in."""
+    release.recover(output_root, audit_dir)
+    if not rebuild:
+        return _run_locked(
+            config, input_root, output_root, audit_dir, jobs, scheduler, name_inputs, dicomdir, progress
+        )
+    new_output, new_audit = release.aside(output_root), release.aside(audit_dir)
+    try:
+        summary = _run_locked(
+            config, input_root, new_output, new_audit, jobs, scheduler, name_inputs,
+            dicomdir or (output_root / DICOMDIR_NAME).exists(), progress, quarantined_in(audit_dir),
+        )
+    except BaseException:
+        for folder in (new_output, new_audit):
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    release.swap_in(output_root, audit_dir)
+    return summary
+
+
+def _is_fault(exc: BaseException) -> bool:
+    return isinstance(exc, (EnvironmentFault, OSError, sqlite3.Error))
+
+
+def _fault(exc: OSError | sqlite3.Error, output_root: Path) -> EnvironmentFault:
+    """The environment fault of ``exc``, raised by the driver, naming the folder it concerns."""
+    filename = getattr(exc, "filename", None)
+    in_output = filename is not None and Path(os.fsdecode(filename)).is_relative_to(output_root)
+    return environment_fault("the output folder" if in_output else "the audit folder", exc)
+
+
+def _clean_up_stopped_run(output_root: Path, made_output: bool, faulted: bool) -> None:
+    """After a run that stopped early (still holding the output folder): remove the staging
+    folder, the empty folders a fault left, and the output folder itself if this run made it
+    and wrote nothing into it but its lock and marker."""
+    clear_staging(output_root)
+    if faulted:
+        remove_empty_folders(output_root)
+    if made_output:
+        with contextlib.suppress(OSError):
+            if set(os.listdir(output_root)) <= {LOCK_NAME, release.MARKER_NAME}:
+                for name in (release.MARKER_NAME, LOCK_NAME):
+                    (output_root / name).unlink(missing_ok=True)
+            output_root.rmdir()
 
 
 def _run_locked(
@@ -229,15 +329,16 @@ def _run_locked(
     input_root: Path,
     output_root: Path,
     audit_dir: Path,
-    jobs: int,
+    jobs: int | None,
     scheduler: str | None,
     name_inputs: bool,
     dicomdir: bool,
     progress: bool | None,
     known_quarantined: dict[str, tuple[int, int]] | None = None,
 ) -> RunSummary:
-    """:func:`run` once the audit folder is locked and the folders are checked;
-    ``known_quarantined``: inputs an earlier release quarantined (a rebuild's), which are not new."""
+    """:func:`run` once both folders are locked and checked (``output_root`` may be a rebuild's
+    folder aside): resume, process, reports; ``known_quarantined``: inputs an earlier release
+    quarantined (a rebuild's), which are not new."""
     ledger = Ledger(audit_dir, config.fingerprint())
     try:
         sources = inventory(input_root)
@@ -246,25 +347,16 @@ def _run_locked(
         facts = ledger.profile() or profile_facts(config)
         name, options = facts["name"], tuple(facts["options"])
         identity = release.identity(config, name, options)
-        made_output = not output_root.exists()
         this_run = dict.fromkeys(STATUSES, 0)
         output_root.mkdir(parents=True, exist_ok=True)
         release.claim(output_root, identity)
         release.write_json_atomic(audit_dir / release.AUDIT_COPY_NAME, identity)
         clear_staging(output_root)
         quarantined_before = known_quarantined or ledger.quarantined()
-        try:
-            if todo:
-                this_run = _process(
-                    config, todo, input_root, output_root, ledger, jobs, scheduler, name_inputs, progress
-                )
-        except ValueError:  # a bad profile, rule file or model: leave no empty OUT behind
-            clear_staging(output_root)
-            if made_output:
-                with contextlib.suppress(OSError):
-                    (output_root / release.MARKER_NAME).unlink()
-                    output_root.rmdir()
-            raise
+        if todo:
+            this_run = _process(
+                config, todo, input_root, output_root, ledger, jobs, scheduler, name_inputs, progress
+            )
         ledger.set_profile(facts)
         clear_staging(output_root)
         rows = ledger.write_reports(output_root)
@@ -299,7 +391,7 @@ def _process(
     input_root: Path,
     output_root: Path,
     ledger: Ledger,
-    jobs: int,
+    jobs: int | None,
     scheduler: str | None,
     name_inputs: bool,
     progress: bool | None,
@@ -429,4 +521,4 @@ def _log_result(token: str, result: FileResult, name_input: bool, kept_token: st
         log.debug("file", reason=result.reason, **event)
 
 
-__all__ = ["RunConfig", "RunSummary", "run", "discover", "inventory", "LockedError", "STATUSES", "FAIL_ON"]
+__all__ = ["RunConfig", "RunSummary", "run", "discover", "inventory", "LockedError", "STATUSES", "FAIL_ON", "EnvironmentFault"]

@@ -24,6 +24,7 @@ from pydicom.uid import (
 
 from deid.audit import FileResult
 from deid.config import PIXEL_STAGES, RunConfig
+from deid.faults import EnvironmentFault
 from deid.gate import Gate
 from deid.header.engine import HeaderEngine
 from deid.header.profiles import Profile, load_profile
@@ -188,7 +189,8 @@ def process_file(
 ) -> FileResult:
     """Take one input file to its end: written, quarantined or skipped.
 
-    Never raises for a bad input: every failure becomes a quarantine with a reason. Warnings
+    Never raises for a bad input: every failure becomes a quarantine with a reason; raises
+    :class:`~deid.faults.EnvironmentFault` when the output cannot be written. Warnings
     are silenced: pydicom's quote element values, which may be PHI, and the file's outcome is
     logged as its own event.
 
@@ -235,6 +237,8 @@ def _take_to_end(worker: Worker, path: Path, output_root: Path, src: str, sample
     except Quarantined as exc:
         result.reason = str(exc)
         return result
+    except EnvironmentFault:
+        raise  # the machine's fault, not the input's: the run stops
     except Exception as exc:  # noqa: BLE001 - fail closed on anything unexpected
         result.reason = f"internal error ({type(exc).__name__}); nothing written"
         return result

@@ -19,7 +19,7 @@ from pydicom import dcmread
 from conftest import KEY, make_ct, write
 from deid.audit import FileResult
 from deid.cli import EXIT_LOCKED, main
-from deid.pipeline import AuditLock, RunConfig, _settle_duplicates, run
+from deid.pipeline import LOCK_NAME, FolderLock, RunConfig, _settle_duplicates, run
 
 PHI = ("DOE", "JOHN", "MRN445566", "19610412", "ACC99887", "Springfield", "SN-778899")
 
@@ -157,12 +157,13 @@ def test_killed_run_resumes_to_the_same_result(tmp_path: Path, key_file: Path):
 
 
 def test_a_second_run_on_a_locked_output_exits_75(inputs: Path, tmp_path: Path, key_file: Path):
-    with AuditLock(tmp_path / "out.audit"):
+    with FolderLock(tmp_path / "out"):
         result = CliRunner().invoke(
             main, ["run", str(inputs), str(tmp_path / "out"), "--key-file", str(key_file)]
         )
     assert result.exit_code == EXIT_LOCKED
-    assert not (tmp_path / "out").exists()
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [LOCK_NAME]
+    assert not (tmp_path / "out.audit").exists()
 
 
 def test_cli_reports_bad_profile_as_configuration_error(inputs: Path, tmp_path: Path, key_file: Path):
