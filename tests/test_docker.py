@@ -32,7 +32,7 @@ def test_hadolint_is_clean(path: Path):
 
 
 @pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
-def test_runtime_stage_is_non_root_with_deid_entrypoint(path: Path):
+def test_runtime_stage_is_non_root_with_deid_under_an_init(path: Path):
     with path.open("rb") as handle:
         instructions = dockerfile_parse.DockerfileParser(fileobj=handle).structure
     froms = [i for i in instructions if i["instruction"] == "FROM"]
@@ -42,7 +42,8 @@ def test_runtime_stage_is_non_root_with_deid_entrypoint(path: Path):
     users = [i["value"] for i in runtime if i["instruction"] == "USER"]
     assert users and users[-1].split(":")[0] not in {"0", "root"}
     entrypoints = [i["value"] for i in runtime if i["instruction"] == "ENTRYPOINT"]
-    assert entrypoints == ['["deid"]']
+    assert entrypoints == ['["/usr/bin/tini", "--", "deid"]']  # SIGTERM reaches deid; orphans are reaped
+    assert any("tini" in i["value"] for i in runtime if i["instruction"] == "RUN")
     env = " ".join(i["value"] for i in runtime if i["instruction"] == "ENV")
     assert "DEID_KEY_FILE=/run/secrets/" in env  # the key arrives as a mounted secret
     extra = "gpu" if path.name.endswith("gpu") else "cpu"

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import KEY
-from deid import executors, staging
+from deid import executors, staging, writer
 from deid.audit import Ledger
 from deid.cli import EXIT_IO, EXIT_LOCKED, EXIT_TERMINATED, main
 from deid.executors import worker_count
@@ -42,17 +42,21 @@ def _ledger_rows(audit: Path) -> list[tuple[str, str, str]]:
 
 
 class FailsAfter:
-    """``os.replace`` that fails with ``error`` from the ``after``-th call on, as a full disk does."""
+    """:func:`deid.staging.write_staged` whose writes fail with ``error`` half-way through the file
+    after ``after`` good ones, as on a full disk."""
 
     def __init__(self, after: int, error: int) -> None:
         self.after, self.error, self.calls = after, error, 0
-        self.replace = os.replace
 
-    def __call__(self, src, dst) -> None:
+    def __call__(self, output_root: Path, relpath: Path, pieces) -> None:
         self.calls += 1
         if self.calls > self.after:
-            raise OSError(self.error, os.strerror(self.error), str(dst))
-        self.replace(src, dst)
+            pieces = self._fail_after_first(list(pieces))
+        staging.write_staged(output_root, relpath, pieces)
+
+    def _fail_after_first(self, pieces):
+        yield pieces[0]
+        raise OSError(self.error, os.strerror(self.error))
 
 
 @pytest.mark.parametrize("error", [errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EROFS, errno.EACCES])
@@ -61,7 +65,7 @@ def test_an_unwritable_output_stops_the_run_and_blames_no_input(tmp_path: Path, 
     make_inputs(inputs, patients=3, slices=5)
     run(CONFIG, inputs, tmp_path / "ref", jobs=1)
 
-    monkeypatch.setattr(staging.os, "replace", FailsAfter(7, error))
+    monkeypatch.setattr(writer, "write_staged", FailsAfter(7, error))
     with pytest.raises(EnvironmentFault, match=f"cannot write the output folder: .*{errno.errorcode[error]}"):
         run(CONFIG, inputs, tmp_path / "out", jobs=1)
     rows = _ledger_rows(tmp_path / "out.audit")
@@ -99,7 +103,7 @@ def test_a_full_audit_folder_stops_the_run(tmp_path: Path, monkeypatch):
 
 def test_cli_says_one_line_and_exits_74_on_a_full_disk(tmp_path: Path, monkeypatch, key_file: Path):
     make_inputs(tmp_path / "in", patients=1, slices=3)
-    monkeypatch.setattr(staging.os, "replace", FailsAfter(1, errno.ENOSPC))
+    monkeypatch.setattr(writer, "write_staged", FailsAfter(1, errno.ENOSPC))
     result = CliRunner().invoke(
         main, ["run", str(tmp_path / "in"), str(tmp_path / "out"), "--key-file", str(key_file), "-j", "1",
                "--json-logs"]
