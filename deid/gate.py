@@ -83,8 +83,8 @@ class Gate:
         if sop_class in ENCAPSULATED_DOCUMENTS:
             raise Quarantined("encapsulated document: its payload cannot be de-identified")
         if sop_class not in UID_dictionary:
-            raise Quarantined("unknown or private SOP class")
+            raise Quarantined("unknown or private SOP class: no rules know what it may hold")
         if "ContentSequence" in ds and not self.profile.has("clean_structured_content"):
-            raise Quarantined("structured content needs the clean_structured_content option")
+            raise Quarantined("structured content: release it with --option clean_structured_content")
         if not self.pixel_cleaning and may_carry_text(ds):
-            raise Quarantined("image may carry burned-in text and pixel cleaning is off")
+            raise Quarantined("image may carry burned-in text and pixel cleaning is off (--header-only): run without it")

@@ -207,3 +207,19 @@ def test_dicomdir_indexes_the_release_and_stays_fresh(inputs: Path, tmp_path: Pa
     assert len(FileSet(out / "DICOMDIR")) == 12 and (out / "DICOMDIR").read_bytes() != first
     assert "`DICOMDIR`" in (out / "DEIDENTIFICATION.md").read_text()
     assert not any(value in (out / "DICOMDIR").read_bytes() for value in (b"DOE", b"MRN"))
+
+
+def test_reasons_say_what_to_do(tmp_path: Path):
+    radiograph = make_ct(sop_uid="1.2.826.0.1.3680043.8.498.77")
+    radiograph.Modality = "CR"
+    del radiograph.BurnedInAnnotation
+    write(radiograph, tmp_path / "in" / "cr.dcm")
+    report = make_ct(sop_uid="1.2.826.0.1.3680043.8.498.78")
+    report.SOPClassUID = report.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"
+    del report.PixelData
+    report.ContentSequence = report.RequestAttributesSequence[0].ReferencedStudySequence[0].ContentSequence
+    write(report, tmp_path / "in" / "sr.dcm")
+    run(RunConfig("basic", (), KEY, header_only=True), tmp_path / "in", tmp_path / "out", jobs=1)
+    reasons = {r["input"]: r["reason"] for r in csv.DictReader((tmp_path / "out.audit" / "quarantine.csv").open())}
+    assert reasons["cr.dcm"].endswith("(--header-only): run without it")
+    assert reasons["sr.dcm"] == "structured content: release it with --option clean_structured_content"
