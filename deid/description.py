@@ -1,10 +1,10 @@
 """The release description, ``OUT/DEIDENTIFICATION.md``: what was done to the whole release.
 
 Rendered with Jinja2 (a well-kept templating library: the page is text with tables, loops and
-conditions, which string concatenation would bury) from ``deid/templates/DEIDENTIFICATION.md.j2`` out of what the driver knows
-without reading a DICOM file: the release's identity (:mod:`deid.release`), the profile's facts
-(its codes, its description), the ledger's rows and the deformation model's metadata. It holds
-no PHI: counts, reasons, codes, new UIDs only.
+conditions, which string concatenation would bury) from ``deid/templates/DEIDENTIFICATION.md.j2``,
+out of what the driver knows without reading a DICOM file: the release's identity
+(:mod:`deid.release`), the profile's facts (its codes, its description), the ledger's rows and
+the deformation model's metadata. It holds no PHI: counts, reasons, codes, new UIDs only.
 """
 
 from __future__ import annotations
@@ -191,7 +191,8 @@ def _pixel_lines(pixels: dict[str, Any], written: list[tuple]) -> list[str]:
     else:
         lines.append("Whole image: no stage (`--pixels none`); anatomy is as acquired.")
     if pixels.get("eligibility_sha256"):
-        lines.append(f"Which objects the whole-image stage takes: a site's rules (sha256 {pixels['eligibility_sha256']}…).")
+        digest = pixels["eligibility_sha256"]
+        lines.append(f"Which objects the whole-image stage takes: a site's rules (sha256 {digest}…).")
     return lines
 
 

@@ -46,12 +46,14 @@ def write_dicomdir(output_root: Path, objects: list[str]) -> int:
     """
     from pydicom import dcmread  # only a run that writes a DICOMDIR reads its objects again
     from pydicom.fileset import FileSet
+    from pydicom.uid import UID
 
     staging = output_root / _STAGING
     shutil.rmtree(staging, ignore_errors=True)
     fileset = FileSet()
     fileset.ID = "DEID"
-    fileset.UID = "2.25." + str(int.from_bytes(hashlib.sha256("\n".join(sorted(objects)).encode()).digest()[:16], "big"))
+    digest = hashlib.sha256("\n".join(sorted(objects)).encode()).digest()
+    fileset.UID = UID("2.25." + str(int.from_bytes(digest[:16], "big")))
     originals = {}
     for relpath in sorted(objects):
         path = output_root / relpath

@@ -127,7 +127,8 @@ def site_profile(tmp_path: Path, body: str) -> Path:
 
 def test_unknown_keys_in_a_site_profile_are_errors(tmp_path: Path):
     misspelt = site_profile(tmp_path, '[[rule]]\nkeyword = "StudyDescription"\nactoin = "K"\n')
-    with pytest.raises(ProfileError, match=r"unknown key 'actoin' in \[\[rule\]\] number 1 \(did you mean 'action'\?\)"):
+    expected = r"unknown key 'actoin' in \[\[rule\]\] number 1 \(did you mean 'action'\?\)"
+    with pytest.raises(ProfileError, match=expected):
         load_profile(str(misspelt))
     (tmp_path / "site.toml").write_text('[profile]\nname = "site"\nextends = "basic"\noptions = []\nextend = "x"\n')
     with pytest.raises(ProfileError, match=r"unknown key 'extend' in \[profile\]"):
