@@ -6,21 +6,10 @@ Each worker process builds its stages once per configuration (:func:`worker_for`
 
 from __future__ import annotations
 
-import io
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-
-from pydicom import dcmread
-from pydicom.dataelem import RawDataElement
-from pydicom.errors import InvalidDicomError
-from pydicom.uid import (
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    MediaStorageDirectoryStorage,
-)
 
 from deid.audit import FileResult
 from deid.config import PIXEL_STAGES, RunConfig
@@ -30,12 +19,10 @@ from deid.header.engine import HeaderEngine
 from deid.header.profiles import Profile, load_profile
 from deid.header.pseudonyms import Pseudonymizer
 from deid.header.stage import HeaderStage
+from deid.reader import check_pixels, is_media_directory, read_dataset, settle_transfer_syntax
 from deid.review import Preview, sampled
 from deid.stage import Item, Quarantined, Stage
-from deid.writer import output_relpath, replace_file_meta, stored_length, write_atomic
-
-#: Top-level values longer than this are read only when a stage asks for them.
-DEFER_SIZE = 64 * 1024
+from deid.writer import output_relpath, replace_file_meta, write_atomic
 
 
 @dataclass
@@ -86,85 +73,6 @@ def _whole_image_stages(config: RunConfig, pseudo: Pseudonymizer) -> list[Stage]
     from deid.pixels.dppix import DpPixStage
 
     return [DpPixStage(pseudo, *config.dp_pix, eligibility=eligibility)]
-
-
-def _read(data: bytes):
-    """Read a DICOM file's bytes; return ``None`` for non-DICOM; raise Quarantined when broken.
-
-    Top-level values over :data:`DEFER_SIZE` (the pixel data, mostly) are left in ``data``:
-    read on first access, and otherwise copied from ``data`` into the output as they are.
-    """
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            ds = dcmread(io.BytesIO(data), defer_size=DEFER_SIZE)
-    except InvalidDicomError:
-        pass
-    except Exception as exc:  # noqa: BLE001 - any parser failure means unreadable
-        raise Quarantined(f"unreadable DICOM ({type(exc).__name__})") from None
-    else:
-        if any("End of file reached" in str(w.message) for w in caught):
-            raise Quarantined("truncated file")
-        _check_complete(ds, len(data))
-        return ds
-    try:  # no preamble: accept only if it parses as a data set with an SOP class
-        ds = dcmread(io.BytesIO(data), force=True, defer_size=DEFER_SIZE)
-        return ds if "SOPClassUID" in ds else None
-    except Exception:  # noqa: BLE001
-        return None
-
-
-def _check_complete(ds, size: int) -> None:
-    """Quarantine a file whose last element is cut short or that has unparsed bytes at its end."""
-    if not ds.keys() or getattr(ds.file_meta, "TransferSyntaxUID", "").endswith("1.2.1.99"):
-        return  # deflated: the stream length says nothing about the file length
-    last = ds.get_item(list(ds.keys())[-1], keep_deferred=True)
-    if not isinstance(last, RawDataElement) or last.length == 0xFFFFFFFF or last.value_tell is None:
-        return
-    if stored_length(last, size) < last.length or last.value_tell + last.length < size:
-        raise Quarantined("truncated file")
-
-
-def _settle_transfer_syntax(ds) -> None:
-    """Make the file meta name the transfer syntax the data set was really read with.
-
-    Raises
-    ------
-    Quarantined
-        If the pixel data is encapsulated in a transfer syntax pydicom does not know.
-    """
-    transfer_syntax = getattr(ds.file_meta, "TransferSyntaxUID", None)
-    if transfer_syntax is not None and transfer_syntax.is_transfer_syntax:
-        return
-    if "PixelData" in ds and ds["PixelData"].is_undefined_length:
-        raise Quarantined("encapsulated pixel data in an unknown transfer syntax")
-    implicit, little = ds.original_encoding
-    ds.file_meta.TransferSyntaxUID = (
-        ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
-    )
-
-
-def _check_pixels(ds, size: int) -> None:
-    """Quarantine objects whose native pixel data is shorter than the header says (``size``:
-    the file's length)."""
-    if "PixelData" not in ds or ds.file_meta.TransferSyntaxUID.is_compressed:
-        return
-    try:
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        expected = (
-            ds.Rows * ds.Columns * ds.SamplesPerPixel * frames * ds.BitsAllocated + 7
-        ) // 8
-    except (AttributeError, TypeError, ValueError):
-        raise Quarantined("pixel data without a valid image pixel description") from None
-    if stored_length(ds.get_item(0x7FE00010, keep_deferred=True), size) < expected:
-        raise Quarantined("truncated pixel data")
-
-
-def is_media_directory(ds) -> bool:
-    """Whether ``ds`` is a DICOMDIR (Media Storage Directory), which indexes files rather than
-    holding an object: it is skipped, never copied (its paths and names would be the inputs')."""
-    sop_class = getattr(ds.file_meta, "MediaStorageSOPClassUID", None) or ds.get("SOPClassUID", "")
-    return str(sop_class) == MediaStorageDirectoryStorage or "DirectoryRecordSequence" in ds
 
 
 def describe_object(ds) -> dict[str, object]:
@@ -219,15 +127,15 @@ def _take_to_end(worker: Worker, path: Path, output_root: Path, src: str, sample
     result = FileResult(src=src, status="quarantined", size=stat.st_size, mtime_ns=stat.st_mtime_ns)
     try:
         data = path.read_bytes()
-        ds = _read(data)
+        ds = read_dataset(data)
         if ds is None:
             result.status, result.reason = "skipped", "not DICOM"
             return result
         if is_media_directory(ds):
             result.status, result.reason = "skipped", "DICOMDIR (a media directory; --dicomdir writes one for OUT)"
             return result
-        _settle_transfer_syntax(ds)
-        _check_pixels(ds, len(data))
+        settle_transfer_syntax(ds)
+        check_pixels(ds, len(data))
         item = Item(ds)
         for stage in worker.stages:
             stage(item)
@@ -273,4 +181,4 @@ def _preview(item: Item, dst: str, sample_rate: float) -> Preview | None:
         return None
 
 
-__all__ = ["Worker", "worker_for", "process_file", "is_media_directory", "describe_object"]
+__all__ = ["Worker", "worker_for", "process_file", "describe_object"]

@@ -172,14 +172,14 @@ def _forms(element: DataElement, keyword: str, text: str) -> list[tuple[str, str
 def read_dicom(path: Path) -> Dataset | None:
     """Read ``path`` as ``deid run`` reads an input; ``None`` when it is not DICOM or run would
     quarantine it as unreadable. Never raises."""
-    from deid.process import _read
+    from deid.reader import read_dataset
     from deid.stage import Quarantined
 
     try:
         data = path.read_bytes()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pydicom's warnings quote values, which may be PHI
-            return _read(data)
+            return read_dataset(data)
     except (OSError, Quarantined):
         return None
     except Exception:  # noqa: BLE001 - whatever the parser raises, the file is unreadable

@@ -17,6 +17,7 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from deid import __version__
 from deid.header.pseudonyms import Pseudonymizer
+from deid.reader import stored_length
 from deid.stage import Item
 from deid.staging import write_staged
 
@@ -190,14 +191,6 @@ def _ascii_element(element: object, implicit: bool) -> bytes | None:
     if not text.isascii() or len(text) > 0xFFFE:
         return None
     return _pack(element.tag, element.VR, text.encode("ascii"), implicit)
-
-
-def stored_length(element: object, size: int) -> int:
-    """How many bytes of ``element``'s value a file of ``size`` bytes holds; a deferred value
-    is measured where it lies, not read."""
-    if isinstance(element, RawDataElement) and element.value is None and element.value_tell is not None:
-        return max(0, min(element.length, size - element.value_tell))
-    return len(element.value or b"")
 
 
 def _raw_span(element: object, tag: int, implicit: bool, source: bytes) -> tuple[int, int] | None:

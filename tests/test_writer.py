@@ -9,7 +9,8 @@ from pydicom import dcmwrite
 
 from conftest import KEY
 from deid.pipeline import RunConfig
-from deid.process import _read, _settle_transfer_syntax, worker_for
+from deid.process import worker_for
+from deid.reader import read_dataset, settle_transfer_syntax
 from deid.stage import Item, Quarantined
 from deid.writer import _encode, output_relpath, replace_file_meta
 
@@ -22,10 +23,10 @@ def test_spliced_bytes_equal_pydicoms_on_the_whole_corpus(shared: Path):
             continue
         data = path.read_bytes()
         try:
-            ds = _read(data)
+            ds = read_dataset(data)
             if ds is None:
                 continue
-            _settle_transfer_syntax(ds)
+            settle_transfer_syntax(ds)
             item = Item(ds)
             for stage in worker.stages:
                 stage(item)

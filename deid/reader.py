@@ -1,0 +1,154 @@
+"""Reading one input: parse a file's bytes into a dataset and refuse what is broken.
+
+:func:`read_instance` is the whole read as ``deid run`` does it; the checks it runs are public
+so that they can be reused and extended one by one. A broken file raises
+:class:`~deid.stage.Quarantined` with a reason that holds no PHI.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset, FileDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import (
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    MediaStorageDirectoryStorage,
+)
+
+from deid.stage import Quarantined
+
+#: Top-level values longer than this are read only when a stage asks for them.
+DEFER_SIZE = 64 * 1024
+
+
+def read_instance(data: bytes) -> FileDataset | None:
+    """Read one input file's bytes and check them, as ``deid run`` does.
+
+    Parameters
+    ----------
+    data
+        The whole file.
+
+    Returns
+    -------
+    FileDataset or None
+        The dataset, its file meta naming the transfer syntax it was read with; ``None`` when
+        ``data`` is not DICOM. Values over :data:`DEFER_SIZE` stay in ``data`` until read.
+
+    Raises
+    ------
+    Quarantined
+        If the file is DICOM but unreadable, truncated, or its pixel data is incomplete or
+        encapsulated in an unknown transfer syntax.
+    """
+    ds = read_dataset(data)
+    if ds is None:
+        return None
+    settle_transfer_syntax(ds)
+    check_pixels(ds, len(data))
+    return ds
+
+
+def read_dataset(data: bytes) -> FileDataset | None:
+    """Read a DICOM file's bytes; return ``None`` for non-DICOM; raise Quarantined when broken.
+
+    Top-level values over :data:`DEFER_SIZE` (the pixel data, mostly) are left in ``data``:
+    read on first access, and otherwise copied from ``data`` into the output as they are.
+    """
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = dcmread(io.BytesIO(data), defer_size=DEFER_SIZE)
+    except InvalidDicomError:
+        pass
+    except Exception as exc:  # noqa: BLE001 - any parser failure means unreadable
+        raise Quarantined(f"unreadable DICOM ({type(exc).__name__})") from None
+    else:
+        if any("End of file reached" in str(w.message) for w in caught):
+            raise Quarantined("truncated file")
+        check_complete(ds, len(data))
+        return ds
+    try:  # no preamble: accept only if it parses as a data set with an SOP class
+        ds = dcmread(io.BytesIO(data), force=True, defer_size=DEFER_SIZE)
+        return ds if "SOPClassUID" in ds else None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def check_complete(ds: Dataset, size: int) -> None:
+    """Quarantine a file whose last element is cut short or that has unparsed bytes at its end."""
+    if not ds.keys() or getattr(ds.file_meta, "TransferSyntaxUID", "").endswith("1.2.1.99"):
+        return  # deflated: the stream length says nothing about the file length
+    last = ds.get_item(list(ds.keys())[-1], keep_deferred=True)
+    if not isinstance(last, RawDataElement) or last.length == 0xFFFFFFFF or last.value_tell is None:
+        return
+    if stored_length(last, size) < last.length or last.value_tell + last.length < size:
+        raise Quarantined("truncated file")
+
+
+def settle_transfer_syntax(ds: Dataset) -> None:
+    """Make the file meta name the transfer syntax the data set was really read with.
+
+    Raises
+    ------
+    Quarantined
+        If the pixel data is encapsulated in a transfer syntax pydicom does not know.
+    """
+    transfer_syntax = getattr(ds.file_meta, "TransferSyntaxUID", None)
+    if transfer_syntax is not None and transfer_syntax.is_transfer_syntax:
+        return
+    if "PixelData" in ds and ds["PixelData"].is_undefined_length:
+        raise Quarantined("encapsulated pixel data in an unknown transfer syntax")
+    implicit, little = ds.original_encoding
+    ds.file_meta.TransferSyntaxUID = (
+        ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+    )
+
+
+def check_pixels(ds: Dataset, size: int) -> None:
+    """Quarantine objects whose native pixel data is shorter than the header says (``size``:
+    the file's length)."""
+    if "PixelData" not in ds or ds.file_meta.TransferSyntaxUID.is_compressed:
+        return
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        expected = (
+            ds.Rows * ds.Columns * ds.SamplesPerPixel * frames * ds.BitsAllocated + 7
+        ) // 8
+    except (AttributeError, TypeError, ValueError):
+        raise Quarantined("pixel data without a valid image pixel description") from None
+    if stored_length(ds.get_item(0x7FE00010, keep_deferred=True), size) < expected:
+        raise Quarantined("truncated pixel data")
+
+
+def is_media_directory(ds: Dataset) -> bool:
+    """Whether ``ds`` is a DICOMDIR (Media Storage Directory), which indexes files rather than
+    holding an object: it is skipped, never copied (its paths and names would be the inputs')."""
+    sop_class = getattr(ds.file_meta, "MediaStorageSOPClassUID", None) or ds.get("SOPClassUID", "")
+    return str(sop_class) == MediaStorageDirectoryStorage or "DirectoryRecordSequence" in ds
+
+
+def stored_length(element: object, size: int) -> int:
+    """How many bytes of ``element``'s value a file of ``size`` bytes holds; a deferred value
+    is measured where it lies, not read."""
+    if isinstance(element, RawDataElement) and element.value is None and element.value_tell is not None:
+        return max(0, min(element.length, size - element.value_tell))
+    return len(element.value or b"")  # type: ignore[attr-defined]
+
+
+__all__ = [
+    "DEFER_SIZE",
+    "read_instance",
+    "read_dataset",
+    "check_complete",
+    "settle_transfer_syntax",
+    "check_pixels",
+    "is_media_directory",
+    "stored_length",
+]
