@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deid import __version__
-from deid.header.pseudonyms import Pseudonymizer
+from deid.pseudonyms import Pseudonymizer
 from deid.shipped import default_model, rules_dir
 
 #: Choices of the whole-image pixel stage (``deid run --pixels``).

@@ -30,7 +30,7 @@ from deid.dicomdir import DICOMDIR_NAME
 from deid.executors import run_dask, run_local
 from deid.faults import EnvironmentFault, environment_fault
 from deid.header.profiles import load_profile
-from deid.header.pseudonyms import Pseudonymizer
+from deid.pseudonyms import Pseudonymizer
 from deid.review import SAMPLE_SIZE, review_page, sample_rate, write_page
 from deid.staging import clear_staging, remove_empty_folders
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from deid import __version__
 from deid.config import RunConfig
-from deid.header.pseudonyms import Pseudonymizer
+from deid.pseudonyms import Pseudonymizer
 from deid.shipped import default_model
 
 #: The marker file that identifies a deid release, in the release folder.

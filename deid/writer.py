@@ -16,7 +16,7 @@ from pydicom.multival import MultiValue
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from deid import __version__
-from deid.header.pseudonyms import Pseudonymizer
+from deid.pseudonyms import Pseudonymizer
 from deid.reader import stored_length
 from deid.stage import Item
 from deid.staging import write_staged

@@ -10,7 +10,7 @@ from pathlib import Path
 from pydicom import dcmread
 
 from conftest import KEY
-from deid.header.pseudonyms import Pseudonymizer
+from deid.pseudonyms import Pseudonymizer
 from deid.pipeline import RunConfig, run
 from test_pipeline import PHI, make_inputs
 

@@ -13,7 +13,7 @@ from conftest import KEY, make_ct
 from deid.header.engine import HeaderEngine
 from deid.header.iod import resolve_compound
 from deid.header.profiles import load_profile
-from deid.header.pseudonyms import Pseudonymizer, shift_da, shift_dt
+from deid.pseudonyms import Pseudonymizer, shift_da, shift_dt
 
 
 def deidentify(ds: Dataset, profile: str = "basic", options: tuple[str, ...] = ()):

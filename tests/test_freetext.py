@@ -18,7 +18,7 @@ from deid.freetext.detect import detect
 from deid.freetext.variants import variant_pattern
 from deid.header.engine import HeaderEngine
 from deid.header.profiles import load_profile
-from deid.header.pseudonyms import Pseudonymizer
+from deid.pseudonyms import Pseudonymizer
 
 SMITH = [("name", "SMITH^JANE"), ("id", "MRN445566"), ("date", "19310214"), ("text", "12 Elm Street, Springfield")]
 

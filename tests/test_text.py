@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import JPEGLSLossless, RLELossless, UltrasoundMultiFrameImageStorage
 
 from conftest import KEY, iod_errors, make_ct, write
-from deid.header.pseudonyms import Pseudonymizer
+from deid.pseudonyms import Pseudonymizer
 from deid.pipeline import RunConfig
 from deid.process import process_file
 from deid.pixels.ocr import read_text

@@ -21,7 +21,7 @@ from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRL
 from conftest import KEY, make_ct
 from deid.header.engine import HeaderEngine
 from deid.header.profiles import load_profile
-from deid.header.pseudonyms import Pseudonymizer
+from deid.pseudonyms import Pseudonymizer
 from deid.header.stage import HeaderStage
 from deid.pixels.unused_bits import unused_bits_set
 from deid.stage import Item

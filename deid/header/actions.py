@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
-from deid.header.pseudonyms import shift_da, shift_dt
+from deid.pseudonyms import shift_da, shift_dt
 
 if TYPE_CHECKING:
     from deid.header.engine import FileContext

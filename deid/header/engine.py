@@ -33,7 +33,7 @@ from deid.header.actions import (
 from deid.header.age import CAP_AGE, PATIENT_AGE
 from deid.header.iod import attribute_types, resolve_compound
 from deid.header.profiles import Code, Profile
-from deid.header.pseudonyms import Pseudonymizer
+from deid.pseudonyms import Pseudonymizer
 from deid.header.unknown import decode_un, declared_private_vrs, in_dictionary, looks_like_text, private_vr
 
 #: Removed whatever the profile says: Encrypted Attributes, Original Attributes, Digital

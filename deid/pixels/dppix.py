@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from deid.config import DP_PIX
-from deid.header.pseudonyms import Pseudonymizer
+from deid.pseudonyms import Pseudonymizer
 from deid.pixels.derive import WholeImageStage
 from deid.pixels.eligibility import Eligibility, load_eligibility
 from deid.stage import Item
