@@ -75,7 +75,8 @@ def measure(model: Path | None, count: int) -> tuple[float, float, str]:
         stage(item)
         totals.append(time.perf_counter() - start)
     totals, spent = totals[1:], spent[1:]  # the first one warms the session up
-    return statistics.median(totals), statistics.median(s / t for s, t in zip(spent, totals, strict=True)), stage.provider
+    shares = (s / t for s, t in zip(spent, totals, strict=True))
+    return statistics.median(totals), statistics.median(shares), stage.provider
 
 
 def _worker(model: Path | None, count: int) -> float:
@@ -102,7 +103,8 @@ def main() -> None:
         "| run | s per radiograph | images/s | ONNX share | |",
         "|---|---|---|---|---|",
         f"| 1 process, 1 ORT thread | {seconds:.3f} | {1 / seconds:.2f} | {share:.0%} | |",
-        f"| 2 processes at once (as deid run -j 2) | {1 / parallel:.3f} | {parallel:.2f} | | target < 0.5 s per radiograph on 2 cores |",
+        f"| 2 processes at once (as deid run -j 2) | {1 / parallel:.3f} | {parallel:.2f} | | "
+        "target < 0.5 s per radiograph on 2 cores |",
     ]
     text_out = "\n".join(lines)
     print(text_out)

@@ -3,7 +3,8 @@
 Usage::
 
     python benchmarks/bench_freetext.py [--set benchmarks/freetext/textset.toml]
-        [--detectors variants,deid,presidio,philter,variants+deid,variants+deid+presidio] [--record benchmarks/RESULTS.md]
+        [--detectors variants,deid,presidio,philter,variants+deid,variants+deid+presidio]
+        [--record benchmarks/RESULTS.md]
 
 Each text of the set is cleaned as the header engine cleans it: the object's own values in their
 variants (``variants``) and/or a detector of identifiers the header never lists. A span to remove
@@ -26,10 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from deid.freetext.detect import detect  # noqa: E402
-from deid.freetext.variants import IDENTIFYING_ATTRIBUTES, variant_pattern  # noqa: E402
-
-import record  # noqa: E402
+import record
+from deid.freetext.detect import detect
+from deid.freetext.variants import IDENTIFYING_ATTRIBUTES, variant_pattern
 
 SET = Path(__file__).resolve().parent / "freetext" / "textset.toml"
 _MARKUP = re.compile(r"\[\[(?P<label>[A-Z_]+)\|(?P<phi>.*?)\]\]|\{\{(?P<keep>.*?)\}\}")

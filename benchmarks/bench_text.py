@@ -30,7 +30,8 @@ def radiograph(seed: int) -> Dataset:
     y, x = np.mgrid[0:2048, 0:2048]
     pixels = (np.exp(-(((x - 1024) / 700) ** 2 + ((y - 1024) / 800) ** 2)) * 3000 + rng.normal(0, 60, x.shape))
     image = Image.fromarray(np.zeros((2048, 2048), np.uint8))
-    ImageDraw.Draw(image).text((40, 40), "DOE JOHN 01.09.2012 MRN445566", fill=255, font=ImageFont.load_default(size=48))
+    font = ImageFont.load_default(size=48)
+    ImageDraw.Draw(image).text((40, 40), "DOE JOHN 01.09.2012 MRN445566", fill=255, font=font)
     pixels[np.asarray(image) > 0] = 4095
     return dataset(ComputedRadiographyImageStorage, "CR", np.clip(pixels, 0, 4095).astype(np.uint16), "MONOCHROME2", 12)
 

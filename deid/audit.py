@@ -211,7 +211,8 @@ class Ledger:
             kind = write_preview(self.audit_dir, token, preview) if preview is not None else "changed"
             columns, rows = (preview.columns, preview.rows) if preview is not None else (0, 0)
             self.db.execute(
-                "INSERT INTO previews VALUES (?, ?, ?, ?, ?)", (result.src, kind, columns, rows, int(preview is not None))
+                "INSERT INTO previews VALUES (?, ?, ?, ?, ?)",
+                (result.src, kind, columns, rows, int(preview is not None)),
             )
 
     def review(self, samples: int) -> dict[str, list[dict]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import signal
 from collections import deque
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from functools import partial
 
 from deid.audit import FileResult
@@ -120,7 +120,7 @@ def parse_scheduler(address: str) -> int | str:
     return address
 
 
-def run_local(process: ProcessFile, todo: list[str], jobs: int | None) -> Iterator[FileResult]:
+def run_local(process: ProcessFile, todo: list[str], jobs: int | None) -> Iterable[FileResult]:
     """In process for one worker, else on local worker processes (:func:`worker_count`),
     results in completion order.
 
@@ -241,7 +241,7 @@ def _start_worker() -> None:
     die_with_parent(preload.FORKSERVER_PID)
 
 
-def run_dask(process: ProcessFile, todo: list[str], scheduler: str) -> Iterator[FileResult]:
+def run_dask(process: ProcessFile, todo: list[str], scheduler: str) -> Iterable[FileResult]:
     """On a Dask cluster: ``tcp://host:8786`` (an existing scheduler) or ``local:N``.
 
     The cluster starts and every chunk is submitted before this returns; the iterator yields

@@ -87,4 +87,6 @@ class Gate:
         if "ContentSequence" in ds and not self.profile.has("clean_structured_content"):
             raise Quarantined("structured content: release it with --option clean_structured_content")
         if not self.pixel_cleaning and may_carry_text(ds):
-            raise Quarantined("image may carry burned-in text and pixel cleaning is off (--header-only): run without it")
+            raise Quarantined(
+                "image may carry burned-in text and pixel cleaning is off (--header-only): run without it"
+            )

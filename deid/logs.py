@@ -84,7 +84,7 @@ def _one_line_per_file(logger: Any, method: str, event: dict[str, Any]) -> dict[
     return event
 
 
-def _log_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+def _log_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Python warnings of the libraries (a worker pool's note on memory leaks) as debug events:
     in the logs with ``--verbose``, never on a person's screen otherwise."""
     structlog.get_logger().debug(

@@ -521,4 +521,6 @@ def _log_result(token: str, result: FileResult, name_input: bool, kept_token: st
         log.debug("file", reason=result.reason, **event)
 
 
-__all__ = ["RunConfig", "RunSummary", "run", "discover", "inventory", "LockedError", "STATUSES", "FAIL_ON", "EnvironmentFault"]
+__all__ = [
+    "RunConfig", "RunSummary", "run", "discover", "inventory", "LockedError", "STATUSES", "FAIL_ON", "EnvironmentFault"
+]

@@ -17,8 +17,8 @@ from deid.faults import EnvironmentFault
 from deid.gate import Gate
 from deid.header.engine import HeaderEngine
 from deid.header.profiles import Profile, load_profile
-from deid.pseudonyms import Pseudonymizer
 from deid.header.stage import HeaderStage
+from deid.pseudonyms import Pseudonymizer
 from deid.reader import check_pixels, is_media_directory, read_dataset, settle_transfer_syntax
 from deid.review import Preview, sampled
 from deid.stage import Item, Quarantined, Stage

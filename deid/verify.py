@@ -684,7 +684,8 @@ def _group(findings: Iterable[Finding], release: Release) -> tuple[list[Group], 
     for finding in findings:
         kept = release.retained_by(finding)
         groups.setdefault((kept, finding.value or f"{finding.check}:{finding.source}"), []).append(finding)
-    leaks, retained = [], []
+    leaks: list[Group] = []
+    retained: list[Group] = []
     for (kept, value), members in sorted(groups.items()):
         group = Group(
             "/".join(sorted({f.kind for f in members})), value, sorted({f.source for f in members}),

@@ -123,7 +123,7 @@ def _encode(ds: FileDataset, source: bytes | None = None) -> list[bytes | memory
         dcmwrite(buffer, ds, enforce_file_format=True)
         return [buffer.getvalue()]
     fp = _buffer(syntax.is_implicit_VR, syntax.is_little_endian)
-    fp.write(ds.preamble + b"DICM" + file_meta_bytes(ds.file_meta))
+    fp.write((ds.preamble or bytes(128)) + b"DICM" + file_meta_bytes(ds.file_meta))
     if "PixelData" in ds:
         ds["PixelData"].is_undefined_length = syntax.is_compressed
     same_encoding = ds.original_encoding == (syntax.is_implicit_VR, syntax.is_little_endian)

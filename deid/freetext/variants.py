@@ -69,7 +69,8 @@ MONTH_NAMES = (
     ("sep", "sept", "september", "septembre", "septiembre", "settembre", "сентября", "сентябрь", "сен"),
     ("oct", "october", "okt", "oktober", "octobre", "octubre", "ottobre", "октября", "октябрь", "окт"),
     ("nov", "november", "novembre", "noviembre", "ноября", "ноябрь", "ноя"),
-    ("dec", "december", "dez", "dezember", "décembre", "decembre", "diciembre", "dicembre", "декабря", "декабрь", "дек"),
+    ("dec", "december", "dez", "dezember", "décembre", "decembre", "diciembre", "dicembre",
+     "декабря", "декабрь", "дек"),
 )
 _LETTER_BEFORE = r"(?<![^\W\d_])"  # not after a letter: digits, "_" and punctuation are boundaries
 _LETTER_AFTER = r"(?![^\W\d_])"

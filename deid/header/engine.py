@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 
 from pydicom._uid_dict import UID_dictionary
 from pydicom.charset import decode_bytes, encode_string
+from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.tag import BaseTag
+from pydicom.tag import BaseTag, Tag
 
 from deid import __version__
 from deid.freetext.clean import clean_text, needs_cleaning
@@ -33,8 +33,8 @@ from deid.header.actions import (
 from deid.header.age import CAP_AGE, PATIENT_AGE
 from deid.header.iod import attribute_types, resolve_compound
 from deid.header.profiles import Code, Profile
+from deid.header.unknown import declared_private_vrs, decode_un, in_dictionary, looks_like_text, private_vr
 from deid.pseudonyms import Pseudonymizer
-from deid.header.unknown import decode_un, declared_private_vrs, in_dictionary, looks_like_text, private_vr
 
 #: Removed whatever the profile says: Encrypted Attributes, Original Attributes, Digital
 #: Signatures, MAC Parameters, trailing padding and the Icon Image Sequence, a thumbnail of
@@ -60,7 +60,7 @@ REGISTRY_UID_KEYWORDS = frozenset(
 )
 #: Sequences whose items are SR content items (Clean Structured Content, E.3.4).
 CONTENT_SEQUENCES = frozenset({0x0040A730, 0x00400555, 0x00400610})
-_IDENTIFYING_TAGS = tuple((tag_for_keyword(keyword), kind) for keyword, kind in IDENTIFYING_ATTRIBUTES.items())
+_IDENTIFYING_TAGS = tuple((Tag(keyword), kind) for keyword, kind in IDENTIFYING_ATTRIBUTES.items())
 _CLASS_UID_SUFFIX = "ClassUID"
 
 
@@ -114,7 +114,7 @@ def patient_key(ds: Dataset) -> str:
 def _identifying_pattern(ds: Dataset) -> re.Pattern[str] | None:
     """The object's own identifying values (:data:`IDENTIFYING_ATTRIBUTES`) in every spelling
     free text uses, as one pattern (:mod:`deid.freetext.variants`)."""
-    values = set()
+    values: set[tuple[str, str]] = set()
     for tag, kind in _IDENTIFYING_TAGS:
         if tag in ds:
             values.update((kind, text) for text in _texts(ds, tag) if text)
@@ -219,9 +219,13 @@ class FileContext:
         """Remove identifying values from the text at ``tag``: the object's own, in any spelling,
         and those of others that :mod:`deid.freetext` detects."""
         raw = ds.get_item(tag)
-        if isinstance(raw, RawDataElement) and raw.value is not None and raw.value.isascii():
-            if not needs_cleaning(raw.value.decode("ascii"), self.identifying):
-                return False  # nothing to strip: leave the element raw, as read
+        if (
+            isinstance(raw, RawDataElement)
+            and raw.value is not None
+            and raw.value.isascii()
+            and not needs_cleaning(raw.value.decode("ascii"), self.identifying)
+        ):
+            return False  # nothing to strip: leave the element raw, as read
         element = ds[tag]
         if element.VM == 0:
             return False
@@ -286,9 +290,9 @@ class FileContext:
                 continue
             vr = _vr_of(raw, tag)
             self._action(tag, vr)(self, ds, tag, vr)
-        for tag in creators:
-            if tag not in creators_used:
-                del ds[tag]
+        for creator_tag in creators:
+            if creator_tag not in creators_used:
+                del ds[creator_tag]
 
     def walk_sequence(self, ds: Dataset, tag: BaseTag, items: Sequence) -> None:
         """Apply the profile to each item of a sequence; SR content items by concept."""
@@ -348,6 +352,7 @@ class FileContext:
         offset = tag & 0xFF
         profile = self.profile
         rule = profile.private.get((creator, offset)) or profile.private.get((creator, None))
+        code: str | None
         if rule is not None:
             code = resolve_compound(rule.action, None)
         elif profile.has("retain_safe_private"):

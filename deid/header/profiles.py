@@ -23,7 +23,6 @@ from pathlib import Path
 
 from deid.shipped import rules_dir
 
-
 #: The action codes of Table E.1-1a.
 ACTION_CODES = frozenset({"D", "Z", "X", "K", "C", "U", "Z/D", "X/Z", "X/D", "X/Z/D", "X/Z/U*"})
 

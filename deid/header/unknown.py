@@ -114,7 +114,7 @@ def decode_un(ds: Dataset, tag: BaseTag, vr: str | None) -> str:
             return "UN"
         vr = "SQ"
     element = _sequence(value, little, ds) if vr == "SQ" else _typed(tag, vr, value, little, ds)
-    if element is None or element.VR != vr:
+    if element is None or vr != element.VR:
         return "UN"
     ds[tag] = DataElement(tag, vr, element.value) if vr == "SQ" else element
     return vr
@@ -125,7 +125,8 @@ def _sequence(value: bytes, little: bool, ds: Dataset) -> DataElement | None:
     own byte order says (writers that ignored the rule)."""
     for implicit, little_endian in ((True, True), (True, little)):
         try:
-            return DataElement(0, "SQ", convert_SQ(value, implicit, little_endian, ds._character_set))
+            encodings = ds._character_set  # str or list, as pydicom itself passes it
+            return DataElement(0, "SQ", convert_SQ(value, implicit, little_endian, encodings))  # type: ignore[arg-type]
         except Exception:  # noqa: BLE001 - not a sequence in this encoding
             continue
     return None

@@ -14,6 +14,7 @@ import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +27,7 @@ INPUT, OUTPUT = "image", "warped"
 #: Keys the metadata file must hold.
 METADATA_KEYS = ("name", "preset", "mu", "input_size", "sha256")
 
-_SESSIONS: dict[tuple[str, str], tuple[object, str]] = {}
+_SESSIONS: dict[tuple[str, str], tuple[Any, str]] = {}
 _LOCK = threading.Lock()
 
 
@@ -67,7 +68,7 @@ def load_model_info(path: Path) -> ModelInfo:
                      str(info["sha256"]))
 
 
-def session(model: ModelInfo) -> tuple[object, str]:
+def session(model: ModelInfo) -> tuple[Any, str]:
     """The process's ONNX Runtime session for ``model`` and the provider it runs on.
 
     Built once per process and model: CUDA first when ONNX Runtime offers it, else CPU; one

@@ -99,6 +99,6 @@ def load_region_rules() -> RegionRules:
             data = tomllib.load(handle)
         outside = outside or data.get("ultrasound", {}).get("mask_outside_declared_regions", False)
         for entry in data.get("signature", []):
-            regions = tuple(tuple(int(v) for v in r) for r in entry.pop("regions"))
+            regions = tuple((int(x), int(y), int(w), int(h)) for x, y, w, h in entry.pop("regions"))
             signatures.append(Signature(regions=regions, **entry))
     return RegionRules(tuple(signatures), outside)

@@ -105,7 +105,8 @@ def evaluate(shared: Path, work: Path, preset_name: str, anonymizer: str, runs: 
         deformation, checkpoint = load_generator(Path(anonymizer))
         gp = preset(checkpoint["preset"], checkpoint["light"])
         name = generator_name(gp, checkpoint["mu"], checkpoint.get("keep_last", False))
-        info.update(epochs=checkpoint.get("epochs"), mu=checkpoint["mu"], generator=gp.generator, generator_size=gp.generator_size,
+        info.update(epochs=checkpoint.get("epochs"), mu=checkpoint["mu"], generator=gp.generator,
+                    generator_size=gp.generator_size,
                     gflop=generator_gflop(deformation.generator, gp.generator_size),
                     parameters=parameter_count(deformation.generator),
                     train_minutes=checkpoint.get("minutes"))

@@ -69,7 +69,7 @@ class Split:
         by_source: dict[str, np.ndarray] = {s: np.flatnonzero(self.sources == s) for s in np.unique(self.sources)}
         weights = np.array([len(v) ** 2 for v in by_source.values()], dtype=float)
         names = list(by_source)
-        out = []
+        out: list[tuple[int, int]] = []
         while len(out) < count:
             idx = by_source[names[rng.choice(len(names), p=weights / weights.sum())]]
             i, j = rng.choice(idx, 2, replace=False)

@@ -45,6 +45,8 @@ def export(deformation: Deformation, path: Path) -> dict:
         dynamic_shapes={"x": {2: Dim("height", min=16, max=16384), 3: Dim("width", min=16, max=16384)}},
         opset_version=OPSET, external_data=False,
     )
+    if program is None:
+        raise RuntimeError("torch.onnx.export returned no program")
     dims = [d.dim_param or d.dim_value for d in program.model_proto.graph.input[0].type.tensor_type.shape.dim]
     if dims != [1, 1, "height", "width"]:
         raise RuntimeError(f"the exported input shape was specialised: {dims}")

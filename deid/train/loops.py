@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import numpy as np
 import structlog
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from deid.train.data import LABELS, Split
-from deid.train.networks import Classifier, DenseNet, Deformation, ResNet, SiameseVerifier, UNet
+from deid.train.networks import Classifier, Deformation, DenseNet, ResNet, SiameseVerifier, UNet
 from deid.train.presets import Preset
 
 log = structlog.get_logger("deid.train")
@@ -64,10 +65,13 @@ def _batches(n: int, size: int) -> Iterator[slice]:
         yield slice(start, min(start + size, n))
 
 
+Network = TypeVar("Network", bound=torch.nn.Module)
+
+
 def _early_stopping(
-    model: torch.nn.Module, epochs: int, patience: int, epoch: Callable[[int], float], what: str,
+    model: Network, epochs: int, patience: int, epoch: Callable[[int], float], what: str,
     keep_best: bool = True,
-) -> tuple[torch.nn.Module, float]:
+) -> tuple[Network, float]:
     """Run ``epoch(i)`` (returns the validation loss) until ``patience`` epochs bring no better
     loss; load the best weights back (or, without ``keep_best``, keep the last)."""
     best, best_state, waited = float("inf"), copy.deepcopy(model.state_dict()), 0

@@ -123,6 +123,8 @@ class Deformation(nn.Module):
         Side of the square the generator sees.
     """
 
+    kernel: torch.Tensor
+
     def __init__(self, generator: UNet, mu: float, input_size: int, kernel: int = 9, sigma: float = 2.0) -> None:
         super().__init__()
         self.generator = generator

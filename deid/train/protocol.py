@@ -50,7 +50,8 @@ def reidentification(preset: Preset, anonymize: Anonymizer, train: Split, val: S
     x_anon, x_real = tensor(anonymize(test.images)), tensor(test.images)
     pairs, genuine = test.all_within_source_pairs()
     pair_source = test.sources[pairs[:, 0]]
-    pooled, by_source = [], {s: [] for s in np.unique(test.sources)}
+    pooled: list[float] = []
+    by_source: dict[str, list[float]] = {s: [] for s in np.unique(test.sources)}
     for run in range(runs):
         attacker = train_verifier(preset, anon_train, anon_val, seed + run)
         scores = pair_scores(attacker, x_anon, x_real, pairs)
