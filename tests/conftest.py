@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,46 @@ def shared() -> Path:
     if path is None:
         pytest.skip("shared data not found: set DEID_SHARED to the folder holding corpus/ and standard/")
     return path
+
+
+@dataclass(frozen=True)
+class CorpusRun:
+    """The shared corpus through one ``deid run``: its input folder, output folder and files.csv rows."""
+
+    inputs: Path
+    out: Path
+    rows: list[dict[str, str]]
+
+    def row(self, src: str) -> dict[str, str]:
+        return next(row for row in self.rows if row["input"] == src)
+
+
+#: The corpus runs the tests share, each once per session on first use: the Basic profile with the
+#: text stage and no whole-image stage (test_text's CONFIG; test_deform covers that stage), and
+#: the research profile header-only.
+CORPUS_CONFIGS = {"basic": {"pixels": "none"}, "research": {"header_only": True}}
+
+
+@pytest.fixture(scope="session")
+def corpus_runs(tmp_path_factory):
+    """``corpus_runs(profile)``: the :class:`CorpusRun` of :data:`CORPUS_CONFIGS` ``[profile]``."""
+    from deid.pipeline import RunConfig, discover, run
+
+    shared = shared_dir()
+    if shared is None:
+        pytest.skip("shared data not found: set DEID_SHARED to the folder holding corpus/")
+    done: dict[str, CorpusRun] = {}
+
+    def corpus_run(profile: str) -> CorpusRun:
+        if profile not in done:
+            out = tmp_path_factory.mktemp(f"corpus-{profile}") / "out"
+            summary = run(RunConfig(profile, (), KEY, **CORPUS_CONFIGS[profile]), shared / "corpus", out, jobs=2)
+            rows = list(csv.DictReader((out.parent / "out.audit" / "files.csv").open()))
+            assert sum(summary.counts.values()) == len(discover(shared / "corpus")) == len(rows)
+            done[profile] = CorpusRun(shared / "corpus", out, rows)
+        return done[profile]
+
+    return corpus_run
 
 
 @pytest.fixture

@@ -41,7 +41,8 @@ def test_corpus_jpeg_lossless_objects_decode_and_none_is_quarantined(shared: Pat
     inputs = tmp_path / "in"
     for path in paths:
         ds = dcmread(shared / "corpus" / path)
-        assert pixel_array(ds, "test").size == int(ds.Rows) * int(ds.Columns) * int(ds.get("NumberOfFrames", 1) or 1) * int(ds.SamplesPerPixel)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        assert pixel_array(ds, "test").size == int(ds.Rows) * int(ds.Columns) * frames * int(ds.SamplesPerPixel)
         target = inputs / path
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(shared / "corpus" / path, target)

@@ -1,40 +1,25 @@
-"""The whole shared corpus through `deid run`: no crash, every input accounted for, no leak,
-every output readable by pydicom and DCMTK, and no new dciodvfy error."""
+"""The whole shared corpus through `deid run` (:data:`conftest.CORPUS_CONFIGS`): no crash, every
+input accounted for, no leak, every output readable by pydicom and DCMTK, and no new dciodvfy error."""
 
 from __future__ import annotations
 
-import csv
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 from pydicom import dcmread
 
-from conftest import KEY, iod_errors
-from deid.pipeline import RunConfig, discover, run
-from deid.verify import verify
+from conftest import CORPUS_CONFIGS, iod_errors
 from deid.staging import STAGING
+from deid.verify import verify
+
+pytestmark = [pytest.mark.corpus, pytest.mark.ocr]
 
 
-def corpus_run(shared: Path, tmp_path_factory, profile: str) -> tuple[Path, Path, list[dict]]:
-    """The corpus through ``profile``: basic with the pixel stages, research header-only."""
-    out = tmp_path_factory.mktemp(profile) / "out"
-    config = RunConfig(profile, (), KEY, header_only=profile == "research")
-    summary = run(config, shared / "corpus", out, jobs=2)
-    rows = list(csv.DictReader((out.parent / "out.audit" / "files.csv").open()))
-    assert sum(summary.counts.values()) == len(discover(shared / "corpus")) == len(rows)
-    return shared / "corpus", out, rows
-
-
-@pytest.fixture(scope="module", params=["basic", "research"])
-def corpus_output(request, tmp_path_factory):
-    from conftest import shared_dir
-
-    shared = shared_dir()
-    if shared is None:
-        pytest.skip("shared data not found: set DEID_SHARED")
-    return request.param, *corpus_run(shared, tmp_path_factory, request.param)
+@pytest.fixture(scope="module", params=list(CORPUS_CONFIGS))
+def corpus_output(request, corpus_runs):
+    run = corpus_runs(request.param)
+    return request.param, run.inputs, run.out, run.rows
 
 
 def test_every_input_is_accounted_for_with_a_reason(corpus_output):

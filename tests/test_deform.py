@@ -17,10 +17,10 @@ from pydicom.uid import ComputedRadiographyImageStorage, JPEG2000Lossless
 from conftest import KEY, make_ct, shared_dir, write
 from deid.cli import main
 from deid.pipeline import RunConfig, run
-from deid.process import process_file
 from deid.pixels.derive import UnitScale
 from deid.pixels.dppix import dp_pix
 from deid.pixels.eligibility import load_eligibility
+from deid.process import process_file
 
 pytest.importorskip("onnxruntime", reason="the pixel stages need ONNX Runtime (the cpu extra)")
 RADIOGRAPH = "cxr/fullres/covid__covid-19-pneumonia-35-1.jpg"  # 2500x2048, PA
@@ -85,7 +85,8 @@ def deformed(model, inputs: Path, tmp_path_factory) -> Path:
     """One ``deid run`` with the defaults (``--pixels deform``)."""
     work = tmp_path_factory.mktemp("deformed")
     (work / "key").write_bytes(KEY)
-    result = CliRunner().invoke(main, ["run", str(inputs), str(work / "out"), "--key-file", str(work / "key"), "-j", "1"])
+    arguments = ["run", str(inputs), str(work / "out"), "--key-file", str(work / "key"), "-j", "1"]
+    result = CliRunner().invoke(main, arguments)
     assert result.exit_code == 0, result.output
     return work / "out"
 
@@ -133,11 +134,14 @@ def test_deid_verify_finds_no_leak(deformed: Path, inputs: Path):
     assert result.exit_code == 0, result.output
 
 
+@pytest.mark.corpus
+@pytest.mark.ocr
 def test_masked_text_stays_unreadable_after_the_deformation(model, shared: Path, tmp_path: Path):
     from deid.pixels.ocr import read_text
     from deid.pixels.render import to_display
 
-    result = process_file(RunConfig("basic", (), KEY), shared / "corpus", tmp_path, "presidio/0_ORIGINAL_compressed.dcm")
+    src = "presidio/0_ORIGINAL_compressed.dcm"
+    result = process_file(RunConfig("basic", (), KEY), shared / "corpus", tmp_path, src)
     assert result.status == "written" and result.stages == ("header", "text", "deform"), result.reason
     out = dcmread(tmp_path / result.dst)
     text = " ".join(line.text for line in read_text(to_display(out.pixel_array, out))).upper()
@@ -257,7 +261,7 @@ def test_dp_pix_pixelizes_with_laplace_noise_of_the_published_scale():
     assert np.allclose(quiet[1, 0, -8:, -2:], image[1, 0, -8:, -2:].mean(), atol=1e-6)  # a 2-wide edge cell
     flat = np.full((4096, 4096), 0.5, np.float32)
     noisy = dp_pix(flat, 8, 0.1, 1.0, np.random.default_rng(1))
-    assert 0 <= noisy.min() and noisy.max() <= 1
+    assert noisy.min() >= 0 and noisy.max() <= 1
     # Laplace(0, m/(b²ε) = 1/6.4): the median of |noise| is ln 2/6.4, below the clipping at 0.5
     assert np.median(np.abs(noisy[::8, ::8] - 0.5)) == pytest.approx(np.log(2) / 6.4, rel=0.02)
     assert np.array_equal(dp_pix(flat[:64, :64], 8, 0.1, 1.0, np.random.default_rng(5)),

@@ -10,8 +10,8 @@ from pathlib import Path
 from pydicom import dcmread
 
 from conftest import KEY
-from deid.pseudonyms import Pseudonymizer
 from deid.pipeline import RunConfig, run
+from deid.pseudonyms import Pseudonymizer
 from test_pipeline import PHI, make_inputs
 
 RELEASE_FILES = ("DEIDENTIFICATION.md", "manifest.csv", "series.csv")

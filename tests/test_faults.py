@@ -3,7 +3,6 @@ or foreign output folder."""
 
 from __future__ import annotations
 
-import csv
 import errno
 import os
 import signal

@@ -17,8 +17,8 @@ from click.testing import CliRunner
 
 from conftest import KEY
 from deid.cli import EXIT_CONFIG, main
-from deid.pseudonyms import Pseudonymizer
 from deid.pipeline import RunConfig, run
+from deid.pseudonyms import Pseudonymizer
 from deid.release import MARKER_NAME, ReleaseMismatch, aside, read_marker, recover, swap_in
 from test_pipeline import make_inputs, tree_digest
 

@@ -14,10 +14,10 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
+from test_text import draw, ultrasound
 
 from conftest import KEY, REPO, make_ct, write
 from deid.pipeline import RunConfig, run
-from test_text import draw, ultrasound
 
 pytest.importorskip("onnxruntime", reason="the text stage needs ONNX Runtime (the cpu extra)")
 #: Where `DEID_README_SCREENSHOT=1 python -m pytest tests/test_review.py` puts the README's picture.

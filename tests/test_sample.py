@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import KEY, REPO
 from deid.pipeline import RunConfig, run
 from deid.verify import verify
@@ -24,6 +26,7 @@ def test_sample_is_what_the_generator_makes(tmp_path: Path):
     assert tree_digest(tmp_path / "s") == tree_digest(SAMPLE)
 
 
+@pytest.mark.ocr
 def test_sample_run_leaks_nothing(tmp_path: Path):
     summary = run(RunConfig("research", ("clean_structured_content",), KEY), SAMPLE, tmp_path / "out", jobs=2)
     assert summary.counts == {"written": 36, "quarantined": 1, "skipped": 3}  # the truncated file

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="the train extra (torch) is not installed")
+pytestmark = pytest.mark.train
 
 from deid.train import loops  # noqa: E402
 from deid.train.data import labels_of, load_split, shared_cxr  # noqa: E402

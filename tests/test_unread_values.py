@@ -21,9 +21,9 @@ from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRL
 from conftest import KEY, make_ct
 from deid.header.engine import HeaderEngine
 from deid.header.profiles import load_profile
-from deid.pseudonyms import Pseudonymizer
 from deid.header.stage import HeaderStage
 from deid.pixels.unused_bits import unused_bits_set
+from deid.pseudonyms import Pseudonymizer
 from deid.stage import Item
 
 SYNTAXES = {
@@ -212,7 +212,8 @@ def test_a_site_rule_keeps_an_unknown_public_tag(tmp_path: Path):
     tag = _unknown_public_tags()[0]
     path = tmp_path / "site.toml"
     path.write_text(
-        f'[profile]\nname = "site"\nextends = "basic"\n\n[[rule]]\ntag = "({tag >> 16:04X},{tag & 0xFFFF:04X})"\naction = "K"\n'
+        '[profile]\nname = "site"\nextends = "basic"\n\n'
+        f'[[rule]]\ntag = "({tag >> 16:04X},{tag & 0xFFFF:04X})"\naction = "K"\n'
     )
     ds = make_ct()
     ds.add_new(tag, "LO", "KEEP ME")

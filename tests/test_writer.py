@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import pytest
 from pydicom import dcmwrite
 
 from conftest import KEY
@@ -15,6 +16,7 @@ from deid.stage import Item, Quarantined
 from deid.writer import _encode, output_relpath, replace_file_meta
 
 
+@pytest.mark.corpus
 def test_spliced_bytes_equal_pydicoms_on_the_whole_corpus(shared: Path):
     worker = worker_for(RunConfig("research", (), KEY, header_only=True))
     compared = 0
