@@ -14,7 +14,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from conftest import KEY, make_ct, write
+from conftest import KEY, REPO, make_ct, write
 from deid.cli import main
 from deid.pipeline import RunConfig, run
 from deid.verify import CHECKS, Finding, collect_identifiers, find_leaks, register_check, verify
@@ -186,3 +186,25 @@ def test_a_registered_check_plugs_in_and_a_failing_one_is_reported(tmp_path: Pat
         assert [(g.kind, g.places) for g in report.leaks] == [("pixels", [("b.dcm", "pixels")])]
     finally:
         del CHECKS["broken"], CHECKS["pixels-demo"]
+
+
+def test_on_the_sample_retained_values_pass_and_a_planted_leak_fails(tmp_path: Path):
+    sample = REPO / "benchmarks" / "sample"
+    options = ("retain_uids", "retain_device_identity", "retain_institution_identity")
+    run(RunConfig("research", options, KEY, header_only=True), sample, tmp_path / "out", jobs=1)
+    command = [sys.executable, "-m", "deid.cli", "verify", str(tmp_path / "out"), "--against", str(sample)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+    lines = result.stdout.splitlines()
+    assert len(lines) < 12 and not any(line.startswith("LEAK") for line in lines)
+    assert {line.split(":")[0] for line in lines if line.startswith("RETAINED")} == {
+        f"RETAINED by {option}" for option in options
+    }
+    planted = next((tmp_path / "out").rglob("*.dcm"))
+    ds = dcmread(planted)
+    ds.ImageComments = "reviewed with NGUYEN"
+    ds.save_as(planted)
+    result = subprocess.run([*command, "--format", "json"], capture_output=True, text=True)
+    assert result.returncode == 1
+    leaks = json.loads(result.stdout)["leaks"]
+    assert [(g["kind"], g["sources"], len(g["files"])) for g in leaks] == [("name", ["PatientName"], 1)]
