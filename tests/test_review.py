@@ -129,3 +129,13 @@ def test_the_page_shows_every_change_in_a_browser(release, tmp_path: Path):
     if os.environ.get("DEID_README_SCREENSHOT"):
         README_SCREENSHOT.parent.mkdir(exist_ok=True)
         shutil.copyfile(shot, README_SCREENSHOT)
+
+
+def test_pictures_come_back_from_dask_workers(release, tmp_path: Path):
+    pytest.importorskip("distributed", reason="the dask extra is not installed")
+    out, audit = release
+    config = RunConfig("basic", (), KEY, text_fill="test", pixels="none")
+    run(config, out.parent / "in", tmp_path / "out", scheduler="local:1")
+    local = sorted(p.name for p in (audit / "review" / "img").iterdir())
+    assert sorted(p.name for p in (tmp_path / "out.audit" / "review" / "img").iterdir()) == local
+    assert (tmp_path / "out.audit" / "boxes.csv").read_text() == (audit / "boxes.csv").read_text()
