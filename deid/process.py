@@ -20,7 +20,7 @@ from deid.header.profiles import Profile, load_profile
 from deid.header.stage import HeaderStage
 from deid.pseudonyms import Pseudonymizer
 from deid.reader import check_pixels, is_media_directory, read_dataset, settle_transfer_syntax
-from deid.review import Preview, sampled
+from deid.review import preview_of
 from deid.stage import Item, Quarantined, Stage
 from deid.writer import output_relpath, replace_file_meta, write_atomic
 
@@ -160,25 +160,8 @@ def _take_to_end(worker: Worker, path: Path, output_root: Path, src: str, sample
     result.patient_pair = item.patient_pair
     result.regions = tuple(item.regions)
     result.pixels_changed = item.pixels_changed
-    result.preview = _preview(item, result.dst, sample_rate)
+    result.preview = preview_of(item, result.dst, sample_rate)
     return result
-
-
-def _preview(item: Item, dst: str, sample_rate: float) -> Preview | None:
-    """Pictures for the review page: of every object whose pixels changed, and of a sample of
-    those a pixel stage examined without a change; ``None`` if they cannot be made (the object
-    is written all the same, and the page says its picture is missing)."""
-    if item.before is None or not (item.pixels_changed or sampled(dst, sample_rate)):
-        return None
-    from deid.pixels.render import display_limits, thumbnail
-
-    ds = item.ds
-    try:
-        limits = display_limits(item.before, ds)  # both pictures in the grey scale of the first
-        after = thumbnail(item.after, ds, limits) if item.pixels_changed else None
-        return Preview(thumbnail(item.before, ds, limits), after, int(ds.Columns), int(ds.Rows))
-    except Exception:  # noqa: BLE001 - a picture for the page is no reason to lose the object
-        return None
 
 
 __all__ = ["Worker", "worker_for", "process_file", "describe_object"]

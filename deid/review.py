@@ -18,7 +18,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from deid.stage import Item
 
 #: Where the page lies in the audit folder, and its pictures.
 REVIEW_DIR = "review"
@@ -87,6 +90,25 @@ def sample_rate(files: int) -> float:
     return min(1.0, 2 * SAMPLE_SIZE / max(1, files))
 
 
+def preview_of(item: Item, dst: str, sample_rate: float) -> Preview | None:
+    """The pictures of ``item`` (written to ``dst``) for the review page, made in the worker: of
+    every object whose pixels changed, and of a sample (:func:`sampled`) of those a pixel stage
+    examined without a change. ``None`` otherwise, or if they cannot be made (the object is
+    written all the same, and the page says its picture is missing)."""
+    if item.before is None or not (item.pixels_changed or sampled(dst, sample_rate)):
+        return None
+    from deid.pixels.render import display_limits, shrink, thumbnail
+
+    ds = item.ds
+    try:
+        before = shrink(item.before, ds)
+        limits = display_limits(before, ds)  # both pictures in the grey scale of the first
+        after = thumbnail(item.after, ds, limits) if item.pixels_changed else None
+        return Preview(thumbnail(before, ds, limits), after, int(ds.Columns), int(ds.Rows))
+    except Exception:  # noqa: BLE001 - a picture for the page is no reason to lose the object
+        return None
+
+
 def write_preview(audit_dir: Path, token: str, preview: Preview) -> str:
     """Write ``preview``'s pictures into the review folder, named by the input's log token.
 
@@ -142,4 +164,4 @@ def write_page(audit_dir: Path, context: dict[str, Any]) -> Path:
     return page
 
 
-__all__ = ["Region", "Preview", "sampled", "sample_rate", "write_preview", "write_page", "review_page", "REVIEW_DIR"]
+__all__ = ["Region", "Preview", "preview_of", "sampled", "sample_rate", "write_preview", "write_page", "review_page", "REVIEW_DIR"]

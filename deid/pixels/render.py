@@ -59,6 +59,21 @@ def _limits(values: np.ndarray) -> tuple[float, float]:
 THUMBNAIL_SIDE = 384
 
 
+def shrink(frame: np.ndarray, ds: Dataset, side: int = THUMBNAIL_SIDE) -> np.ndarray:
+    """``frame`` (stored values) with its long side at most ``side`` pixels, area-averaged and in
+    its own dtype (palette indices are picked, not averaged)."""
+    import cv2
+
+    rows, columns = frame.shape[:2]
+    scale = side / max(rows, columns)
+    if scale >= 1.0:
+        return frame
+    size = (max(1, round(columns * scale)), max(1, round(rows * scale)))
+    palette = str(ds.PhotometricInterpretation) == "PALETTE COLOR"
+    small = cv2.resize(frame.astype(np.float32), size, interpolation=cv2.INTER_NEAREST if palette else cv2.INTER_AREA)
+    return np.rint(small).astype(frame.dtype) if np.issubdtype(frame.dtype, np.integer) else small
+
+
 def thumbnail(frame: np.ndarray, ds: Dataset, limits: tuple[float, float] | None = None,
               side: int = THUMBNAIL_SIDE) -> bytes:
     """A PNG picture of one frame (stored values) as :func:`to_display` shows it, its long side
@@ -66,16 +81,11 @@ def thumbnail(frame: np.ndarray, ds: Dataset, limits: tuple[float, float] | None
     before a change to show the picture after it in the same grey scale."""
     import cv2
 
-    picture = to_display(frame, ds, limits)
-    rows, columns = picture.shape[:2]
-    scale = min(1.0, side / max(rows, columns))
-    if scale < 1.0:
-        size = (max(1, round(columns * scale)), max(1, round(rows * scale)))
-        picture = cv2.resize(picture, size, interpolation=cv2.INTER_AREA)
+    picture = to_display(shrink(frame, ds, side), ds, limits)
     grey = bool((picture[..., 0] == picture[..., 1]).all() and (picture[..., 1] == picture[..., 2]).all())
     ok, encoded = cv2.imencode(
         ".png", picture[..., 0] if grey else cv2.cvtColor(picture, cv2.COLOR_RGB2BGR),
-        [cv2.IMWRITE_PNG_COMPRESSION, 9],
+        [cv2.IMWRITE_PNG_COMPRESSION, 3],
     )
     if not ok:
         raise ValueError("PNG encoding failed")
