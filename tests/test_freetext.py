@@ -205,3 +205,39 @@ def test_rt_and_seg_labels_are_cleaned():
     assert ds.SegmentSequence[0].SegmentLabel == "Liver"
     assert ds.SegmentSequence[0].SegmentDescription == "liver of J."
 
+
+
+def test_rules_outside_the_table_are_generated_and_in_sync():
+    from rules.generate import OUTSIDE_TABLE_FILE, OUTSIDE_TABLE_HEADER, outside_table_blocks
+
+    text = (REPO / "rules" / OUTSIDE_TABLE_FILE).read_text(encoding="utf-8")
+    assert text == OUTSIDE_TABLE_HEADER + "\n" + "\n".join(outside_table_blocks())
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ExplicitVRBigEndian])
+def test_basic_acts_on_identifying_attributes_outside_the_table(syntax):
+    """Profile basic: issuer qualifiers go, a content label loses the name, a segment label becomes
+    a keyed token, a segment description goes; research (Clean Descriptors) cleans the last two."""
+    def build() -> Dataset:
+        ds = phi_ct()
+        qualifiers = Dataset()
+        qualifiers.UniversalEntityID = "springfield-general.example.org"
+        qualifiers.UniversalEntityIDType = "DNS"
+        ds.IssuerOfPatientIDQualifiersSequence = Sequence([qualifiers])
+        ds.ContentLabel = "SMITH_LESION1"
+        segment = Dataset()
+        segment.SegmentLabel = "Liver SMITH"
+        segment.SegmentDescription = "liver of Jane Smith"
+        ds.SegmentSequence = Sequence([segment])
+        return in_byte_order(ds, syntax)
+
+    basic = deidentify(build(), "basic")
+    assert "IssuerOfPatientIDQualifiersSequence" not in basic
+    assert basic.ContentLabel == "LESION1"
+    label = basic.SegmentSequence[0].SegmentLabel
+    assert label and "SMITH" not in label.upper() and "Liver" not in label
+    assert "SegmentDescription" not in basic.SegmentSequence[0]
+    research = deidentify(build(), "research")
+    assert "IssuerOfPatientIDQualifiersSequence" not in research
+    assert research.SegmentSequence[0].SegmentLabel == "Liver"
+    assert research.SegmentSequence[0].SegmentDescription == "liver of"

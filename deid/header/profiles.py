@@ -50,6 +50,9 @@ RULE_KEYS = frozenset({"tag", "keyword", "vr", "private_creator", "element", "ac
 #: The CID 7050 code of the Basic Application Confidentiality Profile.
 BASIC_PROFILE_CODE = "113100"
 
+#: Rules, in the form of Table E.1-1's rows, for identifying attributes the table does not list.
+OUTSIDE_TABLE = "outside-e1-1.toml"
+
 #: Table E.1-1's row for all private attributes.
 PRIVATE_ROW = "(gggg,eeee)"
 
@@ -381,11 +384,17 @@ def load_profile(name_or_path: str, extra_options: tuple[str, ...] = ()) -> Prof
     codes = [_code(base["profile"])] if "code_value" in base.get("profile", {}) else []
     for entry in base.get("rule", []):
         _add(profile, _rule(entry, base_path.stem))
+    outside = _read(rules_dir() / OUTSIDE_TABLE)["rule"]
+    for entry in outside:
+        _add(profile, _rule(entry, Path(OUTSIDE_TABLE).stem))
     for option in ordered:
         data = _read(rules_dir() / "options" / f"{option}.toml")
         codes.append(_code(data["profile"]))
         for entry in data.get("rule", []):
             _add(profile, _rule(entry, option))
+        for entry in outside:
+            if option in entry:
+                _add(profile, _rule({**entry, "action": entry[option]}, option))
     weakened = []
     for path, data in chain[1:]:
         for entry in data.get("rule", []):
