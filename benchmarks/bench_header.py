@@ -3,13 +3,15 @@
 Usage::
 
     python benchmarks/bench_header.py --corpus DIR [--runs 3] [--peers dicognito,deid,dicom-anonymizer]
-        [--record benchmarks/RESULTS.md]
+        [--profile research] [--baseline SRC] [--record benchmarks/RESULTS.md]
 
 Every tool runs as one process on one core over the same corpus (make it with make_corpus.py),
 writing to tmpfs so the figures measure the tools, not the disk; one more row runs deid with its
 default worker count (every core), as a steward would. Rows alternate with the floor
 (A B A B ...) and each ratio is taken pair by pair, so drift in machine speed cancels out.
-Each peer lives in its own virtual environment under ~/.cache/deid-bench (pydicom/deid installs
+``--baseline SRC`` adds a row for another source tree of deid (an earlier commit, e.g. from
+``git archive``) run by the same interpreter, paired with the floor like the others, to compare
+a change before and after side by side. Each peer lives in its own virtual environment under ~/.cache/deid-bench (pydicom/deid installs
 an import package ``deid`` of its own). Peak memory is the child's maximum resident set size.
 The last column counts the DICOM files each tool wrote, so a tool that stops at the first input
 it cannot handle shows as such instead of as fast.
@@ -151,12 +153,18 @@ def fresh(path: Path) -> Path:
     return path
 
 
-def commands(corpus: Path, peers: list[str], key: Path) -> dict[str, list[str]]:
+def commands(
+    corpus: Path, peers: list[str], key: Path, profile: str, baseline: Path | None
+) -> dict[str, list[str]]:
     deid = shutil.which("deid")
     rows = {}
     if deid:
-        base = [deid, "run", str(corpus), str(SCRATCH / "out"), "--header-only", "--key-file", str(key)]
+        base = [deid, "run", str(corpus), str(SCRATCH / "out"), "--header-only", "--key-file", str(key),
+                "--profile", profile]
         rows["deid run --header-only -j 1"] = [*base, "-j", "1"]
+        if baseline is not None:
+            rows[f"deid run --header-only -j 1 (baseline {baseline.name})"] = [
+                "env", f"PYTHONPATH={baseline}", sys.executable, "-m", "deid.cli", *base[1:], "-j", "1"]
         # The peers have no parallel mode; deid's default uses every core.
         rows[f"deid run --header-only (default: {os.cpu_count()} workers)"] = base
     for name in peers:
@@ -174,6 +182,8 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, required=True)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--peers", default="dicognito,deid,dicom-anonymizer")
+    parser.add_argument("--profile", default="basic")
+    parser.add_argument("--baseline", type=Path, help="another deid source tree, timed side by side")
     parser.add_argument("--record", type=Path)
     args = parser.parse_args()
     SCRATCH.mkdir(parents=True, exist_ok=True)
@@ -182,7 +192,7 @@ def main() -> None:
     files = sum(1 for p in args.corpus.rglob("*") if p.is_file())
     size_mb = sum(p.stat().st_size for p in args.corpus.rglob("*") if p.is_file()) / 2**20
     floor_cmd = [sys.executable, str(script("floor", FLOOR)), str(args.corpus), str(SCRATCH / "out")]
-    rows = commands(args.corpus, [p for p in args.peers.split(",") if p], key)
+    rows = commands(args.corpus, [p for p in args.peers.split(",") if p], key, args.profile, args.baseline)
     env = {**os.environ, "DEID_KEY_FILE": str(key)}
     results: dict[str, list[tuple[Timing, Timing]]] = {name: [] for name in rows}
     floors: list[Timing] = []
@@ -196,7 +206,8 @@ def main() -> None:
             fresh(SCRATCH / "out")
             results[name].append((timed(command, env), floor))
     table = [
-        f"corpus: {args.corpus} ({files} files, {size_mb:.0f} MB); {args.runs} paired runs; medians",
+        f"corpus: {args.corpus} ({files} files, {size_mb:.0f} MB); profile {args.profile}; {args.runs} paired runs; "
+        "medians",
         "",
         "| tool | wall s | CPU s | files/s | ratio to floor (paired) | peak RSS MB | DICOM files written |",
         "|---|---|---|---|---|---|---|",
