@@ -3,14 +3,14 @@
 Usage::
 
     python benchmarks/bench_header.py --corpus DIR [--runs 3] [--peers dicognito,deid,dicom-anonymizer]
-        [--profile research] [--baseline SRC] [--record benchmarks/RESULTS.md]
+        [--profile research] [--baseline SRC ...] [--record benchmarks/RESULTS.md]
 
 Every tool runs as one process on one core over the same corpus (make it with make_corpus.py),
 writing to tmpfs so the figures measure the tools, not the disk; one more row runs deid with its
 default worker count (every core), as a steward would. Rows alternate with the floor
 (A B A B ...) and each ratio is taken pair by pair, so drift in machine speed cancels out.
-``--baseline SRC`` adds a row for another source tree of deid (an earlier commit, e.g. from
-``git archive``) run by the same interpreter, paired with the floor like the others, to compare
+``--baseline SRC`` (repeatable) adds a row for another source tree of deid (an earlier commit,
+e.g. from ``git archive``) run by the same interpreter, paired with the floor like the others, to compare
 a change before and after side by side. Each peer lives in its own virtual environment under ~/.cache/deid-bench (pydicom/deid installs
 an import package ``deid`` of its own). Peak memory is the child's maximum resident set size.
 The last column counts the DICOM files each tool wrote, so a tool that stops at the first input
@@ -154,7 +154,7 @@ def fresh(path: Path) -> Path:
 
 
 def commands(
-    corpus: Path, peers: list[str], key: Path, profile: str, baseline: Path | None
+    corpus: Path, peers: list[str], key: Path, profile: str, baselines: list[Path]
 ) -> dict[str, list[str]]:
     deid = shutil.which("deid")
     rows = {}
@@ -162,8 +162,8 @@ def commands(
         base = [deid, "run", str(corpus), str(SCRATCH / "out"), "--header-only", "--key-file", str(key),
                 "--profile", profile]
         rows["deid run --header-only -j 1"] = [*base, "-j", "1"]
-        if baseline is not None:
-            rows[f"deid run --header-only -j 1 (baseline {baseline.name})"] = [
+        for baseline in baselines:
+            rows[f"deid run --header-only -j 1 (tree {baseline.name})"] = [
                 "env", f"PYTHONPATH={baseline}", sys.executable, "-m", "deid.cli", *base[1:], "-j", "1"]
         # The peers have no parallel mode; deid's default uses every core.
         rows[f"deid run --header-only (default: {os.cpu_count()} workers)"] = base
@@ -183,7 +183,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--peers", default="dicognito,deid,dicom-anonymizer")
     parser.add_argument("--profile", default="basic")
-    parser.add_argument("--baseline", type=Path, help="another deid source tree, timed side by side")
+    parser.add_argument("--baseline", type=Path, action="append", default=[],
+                        help="another deid source tree, timed side by side (repeatable)")
     parser.add_argument("--record", type=Path)
     args = parser.parse_args()
     SCRATCH.mkdir(parents=True, exist_ok=True)
