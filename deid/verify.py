@@ -31,6 +31,7 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
+from deid.freetext.variants import DATE, ID, NAME, PHONE, TEXT, variant_pattern
 from deid.header.profiles import Profile, ProfileError, load_profile
 
 #: Keyword -> kind of the identifying text attributes.
@@ -562,6 +563,72 @@ class HeaderValuesCheck:
             identifier = leak.identifier
             yield Finding(self.name, identifier.kind, identifier.source, leak.where, leak.how,
                           identifier.value, identifier.origin, identifier.vr)
+
+
+#: Identifier kinds whose other spellings (:mod:`deid.freetext.variants`) are searched in text.
+_VARIANT_KINDS = {"name": NAME, "id": ID, "accession": ID, "phone": PHONE, "address": TEXT}
+_TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC", "PN"})
+
+
+def variant_values(identifiers: Iterable[Identifier]) -> set[tuple[str, str]]:
+    """The ``(kind, value)`` pairs of :func:`deid.freetext.variants.variant_pattern` for the
+    identifiers of one input: name parts that are not common words (and a whole name only when
+    all its parts are such), IDs, phone numbers, addresses and the birth date."""
+    parts = {i.value.upper() for i in identifiers if i.kind == "name"}
+    values = set()
+    for identifier in identifiers:
+        kind = _VARIANT_KINDS.get(identifier.kind)
+        if identifier.kind == "date" and identifier.source.endswith("PatientBirthDate"):
+            kind = DATE
+        if kind == NAME and re.search(r"[\^=\s]", identifier.value):
+            words = [w for w in re.split(r"[\^=\s,]+", identifier.value.upper()) if len(w) >= 3]
+            if not set(words) <= parts:
+                continue
+        if kind is not None:
+            values.add((kind, identifier.value))
+    return values
+
+
+@register_check
+class TextVariantsCheck:
+    """The identifying values of each input in the spellings free text uses (``SMITH_LESION1``,
+    ``14 Feb 1931``, an ID with spaces ...), searched in the text elements of its own outputs."""
+
+    name = "text-variants"
+
+    def describe(self) -> str:
+        return "identifying values of each input in other spellings, in the text of its outputs"
+
+    def __call__(self, release: Release) -> Iterable[Finding]:
+        if not release.origins:
+            release.notes.append("no files.csv pairs outputs with inputs: text variants not searched")
+            return
+        by_origin: dict[str, list[Identifier]] = {}
+        for identifier in release.identifiers:
+            by_origin.setdefault(identifier.origin, []).append(identifier)
+        for where, origin in sorted(release.origins.items()):
+            own = by_origin.get(origin, [])
+            pattern = variant_pattern(variant_values(own))
+            ds = release.read_output(where) if pattern is not None else None
+            if ds is not None and pattern is not None:
+                release.count("output files searched for text variants")
+                known = {i.value.upper() for i in own}
+                yield from self._search(ds, pattern, known, where, origin)
+
+    def _search(
+        self, ds: Dataset, pattern: re.Pattern[str], known: set[str], where: str, origin: str
+    ) -> Iterator[Finding]:
+        """Matches of ``pattern`` in the text elements of ``ds``, less those made only of whole
+        values in ``known`` (the header-values check reports those)."""
+        for element in ds.iterall():
+            if element.VR not in _TEXT_VRS or element.VM == 0:
+                continue
+            for text in _values(element):
+                for match in pattern.finditer(text):
+                    if set(re.findall(r"[^\W_]+", match.group().upper())) <= known:
+                        continue
+                    yield Finding(self.name, "text variant", element.keyword or str(element.tag), where,
+                                  "text", match.group(), origin, element.VR)
 
 
 # -- the report ------------------------------------------------------------------------------

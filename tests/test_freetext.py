@@ -241,3 +241,24 @@ def test_basic_acts_on_identifying_attributes_outside_the_table(syntax):
     assert "IssuerOfPatientIDQualifiersSequence" not in research
     assert research.SegmentSequence[0].SegmentLabel == "Liver"
     assert research.SegmentSequence[0].SegmentDescription == "liver of"
+
+
+def test_verify_finds_the_inputs_values_in_other_spellings(tmp_path):
+    """deid verify: a clean release passes; one whose text holds the patient's name joined and the
+    birth date spelt out (neither a whole header value) is reported by the text-variants check."""
+    from conftest import write
+    from deid.pipeline import RunConfig, run
+    from deid.verify import verify
+
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    write(phi_ct(), inputs / "a.dcm")
+    run(RunConfig("research", (), KEY, header_only=True), inputs, out, jobs=1)
+    assert not verify(out, inputs).leaks
+    (path,) = out.rglob("*.dcm")
+    released = dcmread(path)
+    released.SeriesDescription = "JANESMITH born 14 Feb 1931"
+    released.save_as(path)
+    leaks = verify(out, inputs).leaks
+    found = {(g.kind, g.value) for g in leaks}
+    assert ("text variant", "JANESMITH") in found and ("text variant", "14 Feb 1931") in found
+    assert all(g.kind == "text variant" for g in leaks)
