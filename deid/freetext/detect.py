@@ -30,7 +30,7 @@ _NAME_WORD = rf"(?:{_UPPER}\.|{_UPPER}[^\W\d_]*(?:['’\-]{_UPPER}?[^\W\d_]+)*)"
 _NAME = rf"{_NAME_WORD}(?:\s+{_NAME_WORD}){{0,3}}"
 #: Titles and roles after which a capitalised run of words is a person's name.
 _TITLES = (
-    r"Dr\.?\s*med\.?|Dr|Dra|Drs|Prof|Mr|Mrs|Ms|Miss|Mme|Mlle|Mlle|M|Herr|Frau|Dhr|Mevr|Sr|Sra|Sig|Sig\.ra|"
+    r"Dr\.?\s*med\.?|Dr|Dra|Drs|MUDr|MDDr|Prof|Mr|Mrs|Ms|Miss|Mme|Mlle|Mlle|M|Herr|Frau|Dhr|Mevr|Sr|Sra|Sig|Sig\.ra|"
     r"д-р|проф|г-н|г-жа|врач|доктор"
 )
 _ROLES = (
@@ -53,14 +53,17 @@ _STREET_WORDS = (
 _ADDRESS = re.compile(
     rf"(?<![^\W_])\d{{1,5}}[A-Za-z]?\s+(?:{_UPPER}[\w'.\-]*\s+){{1,4}}(?i:{_STREET_WORDS})\.?(?![^\W_])"
     rf"(?:,?\s+(?:[A-Z]{{1,2}}\d[A-Z\d]?\s*\d[A-Z]{{2}}|[A-Z]{{2}}\s+\d{{5}}(?:-\d{{4}})?|\d{{4,5}}|"
-    rf"{_UPPER}[\w'\-]+(?:\s+{_UPPER}[\w'\-]+)?))*"
+    rf"{_UPPER}[^\W\d_'\-]+(?:\s+{_UPPER}[^\W\d_'\-]+)?(?!\w)))*"
     rf"|(?<![^\W_])[^\W\d_]*(?i:straße|strasse|str\.|weg|gasse|allee|platz|laan|straat|gracht|plein)\s+\d{{1,4}}[a-z]?"
     rf"(?:,?\s+\d{{4,5}}\s+{_UPPER}[^\W\d_]+)?"
     rf"|(?<![^\W_])(?:\d{{1,4}},?\s+)?(?i:rue|avenue|boulevard|bd|chemin|place|calle|avenida|av\.|plaza|paseo|via|"
     rf"viale|piazza|corso|улица|ул\.|проспект|пр-т)\s+[^\d,;]{{2,40}}?(?:\s+\d{{1,4}})?"
+    rf"(?:,\s*(?:д|дом|house|no|nr|n°)\.?\s*\d{{1,4}}[а-яa-z]?)?"
     rf"(?:,\s*\d{{4,5}}\s+{_UPPER}[^\W\d_]+)?(?=[,.;)]|$)"
 )
-_POSTCODE_CITY = re.compile(rf"(?<![^\W_])\d{{5}}\s+{_UPPER}[a-zäöüßéèàáíóúñ]+(?![^\W_])")
+_POSTCODE_CITY = re.compile(
+    rf"(?<![^\W_])\d{{5}}\s+{_UPPER}[a-zäöüßéèàáíóúñ]+(?![^\W_])|(?<=,\s)\d{{4}}\s+{_UPPER}[a-zäöüßéèàáíóúñøæå]+(?![^\W_])"
+)
 _UID = re.compile(r"(?<![\w.])[0-2](?:\.(?:0|[1-9]\d*)){3,}(?![\w.]*\w)")
 _EMAIL = re.compile(r"[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+")
 _MONTH = "|".join(sorted((re.escape(n) for names in MONTH_NAMES for n in names), key=len, reverse=True))
@@ -68,13 +71,14 @@ _DATE = re.compile(
     rf"(?<![\d/.\-])(?:"
     rf"\d{{4}}[\-/.]\d{{1,2}}[\-/.]\d{{1,2}}"
     rf"|\d{{1,2}}[\-/.]\d{{1,2}}[\-/.](?:\d{{4}}|\d{{2}})"
+    rf"|\d{{1,2}}\.\s\d{{1,2}}\.\s\d{{4}}"
     rf"|(?:19|20)\d{{2}}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])"
     rf"|\d{{1,2}}(?:st|nd|rd|th|er|\.)?[\s\-]*(?:{_MONTH})\.?[\s\-,]*\d{{4}}"
     rf"|(?:{_MONTH})\.?\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}}"
     rf")(?![\d/.\-]?\d)",
     re.IGNORECASE,
 )
-_PHONE_CANDIDATE = re.compile(r"(?<![\w.])\+?\(?\d[\d\s().\-/]{5,20}\d(?!\w|\.\d)")
+_PHONE_CANDIDATE = re.compile(r"(?<![\w.\-])\+?\(?\d[\d\s().\-/]{5,20}\d(?!\w|\.\d)")
 _ID = re.compile(
     r"(?<![^\W_])(?:\d{3}-\d{2}-\d{4}|[A-Z]{0,4}[\-#:]?\d(?:[\- ]?\d){4,}[A-Z]?|[A-Z]{1,4}\d{5,}[A-Z\d]*)(?![^\W_])"
 )
