@@ -98,6 +98,7 @@ def test_detector_finds_identifiers_the_header_never_lists(text, kind, found):
         "Stable subcentimeter nodule in the left upper lobe; no lymphadenopathy.",
         "Liver segment VIII, cyst 12 mm, unchanged. 3 x 4 cm. Series 2 image 45.",
         "Moderate degenerative changes L4-L5. BI-RADS 2. kVp 120 mAs 250",
+        "syngo MR B17 software 2.5.13.1",
         "Очаговых изменений в легких не выявлено.",
     ],
 )

@@ -26,12 +26,13 @@ PHONE_REGIONS = ("US", "GB", "DE", "FR", "NL", "ES", "IT", "RU")
 CACHE_SIZE = 8192
 
 _UPPER = r"[^\W\d_a-zß-ÿа-я]"  # an upper-case letter of any script
-_NAME_WORD = rf"(?:{_UPPER}\.|{_UPPER}[^\W\d_]*(?:['’\-]{_UPPER}?[^\W\d_]+)*)"
+_NAME_WORD = rf"(?:{_UPPER}\.|{_UPPER}['’]{_UPPER}[^\W\d_]+|{_UPPER}[^\W\d_]+(?:['’\-]{_UPPER}?[^\W\d_]+)*(?!\d))"
 _NAME = rf"{_NAME_WORD}(?:\s+{_NAME_WORD}){{0,3}}"
-#: Titles and roles after which a capitalised run of words is a person's name.
+#: Titles (as written: "MR" and "DR" in capitals are modalities) and roles (any case) after which
+#: a capitalised run of words is a person's name.
 _TITLES = (
-    r"Dr\.?\s*med\.?|Dr|Dra|Drs|MUDr|MDDr|Prof|Mr|Mrs|Ms|Miss|Mme|Mlle|Mlle|M|Herr|Frau|Dhr|Mevr|Sr|Sra|Sig|Sig\.ra|"
-    r"д-р|проф|г-н|г-жа|врач|доктор"
+    r"Dr\.?\s*med\.?|[Dd]r|[Dd]ra|Drs|MUDr|MDDr|[Pp]rof|Mr|Mrs|Ms|Miss|Mme|Mlle|M|Herr|Frau|Dhr|Mevr|Sr|Sra|Sig|"
+    r"Sig\.ra|д-р|[Пп]роф|г-н|г-жа|[Вв]рач|[Дд]октор"
 )
 _ROLES = (
     r"seen by|read by|reported by|reviewed (?:with|by)|dictated by|transcribed by|signed by|verified by|"
@@ -42,8 +43,8 @@ _ROLES = (
     r"hija|hijo|verwezen door|gezien door|echtgenote|описал(?: врач)?|направил|жена|муж|дочь|сын"
 )
 _PERSON = re.compile(
-    rf"(?:(?<![^\W_])(?i:{_TITLES})\.?\s+(?:(?i:med|dr)\.?\s+)?(?P<titled>{_NAME}))"
-    rf"|(?:(?<![^\W_])(?i:{_ROLES})\s*[:,]?\s+(?:(?i:{_TITLES})\.?\s+)?(?P<role>{_NAME}))"
+    rf"(?:(?<![^\W_])(?:{_TITLES})\.?\s+(?:(?:med|dr)\.?\s+)?(?P<titled>{_NAME}))"
+    rf"|(?:(?<![^\W_])(?i:{_ROLES})\s*[:,]?\s+(?:(?:{_TITLES})\.?\s+)?(?P<role>{_NAME}))"
     rf"|(?P<degree>{_NAME_WORD}(?:\s+{_NAME_WORD}){{1,3}}),?\s+(?:MD|M\.D\.|DO|PhD|RN|FRCR)(?![^\W_])"
 )
 _STREET_WORDS = (
@@ -64,7 +65,9 @@ _ADDRESS = re.compile(
 _POSTCODE_CITY = re.compile(
     rf"(?<![^\W_])\d{{5}}\s+{_UPPER}[a-zäöüßéèàáíóúñ]+(?![^\W_])|(?<=,\s)\d{{4}}\s+{_UPPER}[a-zäöüßéèàáíóúñøæå]+(?![^\W_])"
 )
-_UID = re.compile(r"(?<![\w.])[0-2](?:\.(?:0|[1-9]\d*)){3,}(?![\w.]*\w)")
+_UID = re.compile(r"(?<![\w.])[0-2](?:\.(?:0|[1-9]\d*)){4,}(?![\w.]*\w)")
+#: Shortest UID searched for: shorter dotted numbers are versions (``2.5.13.1``), not instances.
+MIN_UID = 16
 _EMAIL = re.compile(r"[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+")
 _MONTH = "|".join(sorted((re.escape(n) for names in MONTH_NAMES for n in names), key=len, reverse=True))
 _DATE = re.compile(
@@ -115,7 +118,7 @@ def detect(text: str) -> tuple[tuple[int, int, str], ...]:
     """
     spans: list[tuple[int, int, str]] = []
     for pattern, kind in ((_EMAIL, EMAIL), (_UID, UID), (_DATE, DATE), (_ADDRESS, ADDRESS), (_POSTCODE_CITY, ADDRESS)):
-        spans += [(m.start(), m.end(), kind) for m in pattern.finditer(text)]
+        spans += [(m.start(), m.end(), kind) for m in pattern.finditer(text) if kind != UID or len(m[0]) >= MIN_UID]
     for match in _PERSON.finditer(text):
         group = next(g for g in ("titled", "role", "degree") if match.group(g))
         spans.append((match.start(group), match.end(group), PERSON))
