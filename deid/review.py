@@ -164,4 +164,7 @@ def write_page(audit_dir: Path, context: dict[str, Any]) -> Path:
     return page
 
 
-__all__ = ["Region", "Preview", "preview_of", "sampled", "sample_rate", "write_preview", "write_page", "review_page", "REVIEW_DIR"]
+__all__ = [
+    "Region", "Preview", "preview_of", "sampled", "sample_rate", "write_preview", "write_page", "review_page",
+    "REVIEW_DIR",
+]

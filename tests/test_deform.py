@@ -116,6 +116,16 @@ def test_manifest_records_the_stage_and_the_provider(deformed: Path):
     assert all("ExecutionProvider" in r["pixel_notes"] for r in changed)
 
 
+def test_the_review_page_shows_each_warped_radiograph_before_and_after(deformed: Path):
+    audit = deformed.with_name(deformed.name + ".audit")
+    tokens = {row["input"]: row["token"] for row in csv.DictReader((audit / "files.csv").open())}
+    page = (audit / "review" / "index.html").read_text()
+    assert page.count('class="object changed"') == 2
+    for name in ("pa12.dcm", "mono1.dcm"):
+        before, after = (audit / "review" / "img" / f"{tokens[name]}-{side}.png" for side in ("before", "after"))
+        assert f'data-token="{tokens[name]}"' in page and before.read_bytes() != after.read_bytes()
+
+
 def test_other_objects_pass_the_stage_untouched(deformed: Path, inputs: Path):
     written = outputs(deformed)
     for name in ("lateral.dcm", "ct.dcm"):

@@ -104,7 +104,8 @@ def chromium(*arguments: str, profile: Path) -> subprocess.CompletedProcess:
 def test_the_page_shows_every_change_in_a_browser(release, tmp_path: Path):
     _, audit = release
     url = (audit / "review" / "index.html").as_uri()
-    dom = chromium("--dump-dom", url, profile=tmp_path / "profile").stdout
+    # the pictures load lazily, as they come into view: a window that shows the whole page
+    dom = chromium("--dump-dom", "--window-size=1200,12000", url, profile=tmp_path / "profile").stdout
     assert dom.count('class="object changed"') == 3
     assert dom.count('class="object sample"') == 1
     assert 'data-images-loaded="7"' in dom  # before and after of three, the sample's one: all loaded
