@@ -33,6 +33,7 @@ from pydicom.dataset import Dataset
 
 from deid.freetext.variants import DATE, ID, NAME, PHONE, TEXT, variant_pattern
 from deid.header.profiles import Profile, ProfileError, load_profile
+from deid.release import MARKER_NAME, read_marker
 
 #: Keyword -> kind of the identifying text attributes.
 TEXT_KINDS = {
@@ -412,15 +413,12 @@ class Release:
             self.profile = self._recorded_profile()
 
     def _recorded_profile(self) -> Profile | None:
-        for path in (self.output_dir / RELEASE_MARKER, self.audit_dir / "summary.json"):
-            try:
-                recorded = json.loads(path.read_text())
-            except (OSError, ValueError):
+        """The profile the run recorded: in the release marker, else the audit's summary."""
+        for source, recorded in ((MARKER_NAME, read_marker(self.output_dir)), ("summary.json", self._summary())):
+            name = recorded.get("profile_source") or recorded.get("profile") if recorded else None
+            if recorded is None or not isinstance(name, str):
                 continue
-            name = recorded.get("profile_source") or recorded.get("profile")
-            if not isinstance(name, str):
-                continue
-            self.profile_source = path.name
+            self.profile_source = source
             try:
                 return load_profile(name, tuple(recorded.get("options") or ()))
             except ProfileError as exc:
@@ -431,6 +429,13 @@ class Release:
                 return None
         self.notes.append("no record of the run's profile; retained values count as leaks: pass --profile")
         return None
+
+    def _summary(self) -> dict[str, Any] | None:
+        try:
+            summary = json.loads((self.audit_dir / "summary.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return summary if isinstance(summary, dict) else None
 
     def count(self, what: str, number: int = 1) -> None:
         """Add ``number`` to what was checked (``what``: e.g. ``pixel frames``)."""
@@ -509,10 +514,6 @@ class Release:
         if needle in set(_TOKEN.findall(data)) or (len(_TOKEN.findall(needle)) > 1 and needle in data):
             return ""
         return "+".join(sorted(set(containing.values())))
-
-
-#: The release marker (helper 18a's ``deid.release``): the run's profile and options.
-RELEASE_MARKER = ".deid-release.json"
 
 
 class Check(Protocol):
