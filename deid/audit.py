@@ -18,6 +18,7 @@ import io
 import json
 import os
 import sqlite3
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +95,7 @@ CREATE TABLE IF NOT EXISTS files(
     src TEXT PRIMARY KEY, token TEXT, size INTEGER, mtime_ns INTEGER, config TEXT,
     status TEXT CHECK(status IN ('written', 'quarantined', 'skipped')),
     dst TEXT, sha256 TEXT, sop_class TEXT, stages TEXT, reason TEXT, notes TEXT, meta TEXT);
+CREATE INDEX IF NOT EXISTS files_by_dst ON files(dst);
 CREATE TABLE IF NOT EXISTS patients(id_old TEXT PRIMARY KEY, id_new TEXT);
 CREATE TABLE IF NOT EXISTS uids(id_old TEXT PRIMARY KEY, id_new TEXT);
 CREATE TABLE IF NOT EXISTS configs(config TEXT PRIMARY KEY, profile TEXT, options TEXT, facts TEXT);
@@ -106,8 +108,18 @@ CREATE TABLE IF NOT EXISTS previews(
 """
 
 
+#: The ledger commits after this many records, and no later than this many seconds after a
+#: record, so that a killed run redoes little: results arrive in bursts, one per chunk of files.
+COMMIT_RECORDS = 64
+COMMIT_SECONDS = 1.0
+
+
 class Ledger:
     """The SQLite ledger of one output tree, kept in the audit folder.
+
+    Records are committed every :data:`COMMIT_RECORDS` records, and by a timer thread at most
+    :data:`COMMIT_SECONDS` after a record; a lock keeps the two threads' use of the connection
+    apart, and an error of a timed commit is raised by the next call from the driver.
 
     Parameters
     ----------
@@ -122,7 +134,7 @@ class Ledger:
         os.chmod(audit_dir, 0o700)
         self.audit_dir = audit_dir
         self.config = config
-        self.db = sqlite3.connect(audit_dir / "ledger.sqlite")
+        self.db = sqlite3.connect(audit_dir / "ledger.sqlite", check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
@@ -130,6 +142,9 @@ class Ledger:
             if column not in {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}:
                 self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
         self._pending = 0
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+        self._timer_error: sqlite3.Error | None = None
 
     def finished(self, output_root: Path) -> dict[str, tuple[int, int]]:
         """``src`` to ``(size, mtime_ns)`` of every input that reached its end with this
@@ -170,8 +185,31 @@ class Ledger:
                 counts[status] += 1
         return counts
 
+    def written_to(self, dst: str) -> list[tuple[str, int, int]]:
+        """``(src, size, mtime_ns)`` of the inputs this configuration recorded as written to ``dst``."""
+        with self._lock:
+            return list(
+                self.db.execute(
+                    "SELECT src, size, mtime_ns FROM files WHERE dst = ? AND status = 'written' AND config = ?",
+                    (dst, self.config),
+                )
+            )
+
     def record(self, result: FileResult, token: str) -> None:
-        """Store ``result`` with the log ``token`` of its input; commits every 64 records."""
+        """Store ``result`` with the log ``token`` of its input (committed within
+        :data:`COMMIT_SECONDS`)."""
+        with self._lock:
+            self._raise_timer_error()
+            self._record(result, token)
+            self._pending += 1
+            if self._pending >= COMMIT_RECORDS:
+                self._commit()
+            elif self._timer is None:
+                self._timer = threading.Timer(COMMIT_SECONDS, self._commit_on_time)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def _record(self, result: FileResult, token: str) -> None:
         self.db.execute(
             "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -194,9 +232,6 @@ class Ledger:
             self.db.execute("INSERT OR IGNORE INTO patients VALUES (?, ?)", result.patient_pair)
         self._record_review(result, token)
         self.db.executemany("INSERT OR IGNORE INTO uids VALUES (?, ?)", result.uid_pairs.items())
-        self._pending += 1
-        if self._pending >= 64:
-            self.commit()
 
     def _record_review(self, result: FileResult, token: str) -> None:
         """Store the regions of ``result`` and write its pictures for the review page."""
@@ -242,8 +277,40 @@ class Ledger:
         return {**listed, "quarantined": [{"input": src, "reason": reason} for src, reason in quarantined]}
 
     def commit(self) -> None:
+        """Commit what is recorded.
+
+        Raises
+        ------
+        sqlite3.Error
+            If this commit, or a timed one since the last call, failed (a full disk).
+        """
+        with self._lock:
+            self._raise_timer_error()
+            self._commit()
+
+    def _commit(self) -> None:
+        """Commit, holding the lock; no timed commit is due after it."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self.db.commit()
         self._pending = 0
+
+    def _commit_on_time(self) -> None:
+        with self._lock:
+            self._timer = None
+            if not self._pending:
+                return
+            try:
+                self.db.commit()
+                self._pending = 0
+            except sqlite3.Error as exc:  # raised in the driver's thread by its next call
+                self._timer_error = exc
+
+    def _raise_timer_error(self) -> None:
+        error, self._timer_error = self._timer_error, None
+        if error is not None:
+            raise error
 
     def close(self) -> None:
         """Commit what is recorded and close the ledger (closed also when the commit fails)."""

@@ -411,15 +411,27 @@ def _process(
 
         by_dst: dict[str, FileResult] = {}
         ends: dict[str, str] = {}
+        redone = set(todo)
+
+        def recorded(dst: str) -> tuple[FileResult, bool] | None:
+            """The input an earlier run wrote to ``dst`` and this run does not redo, and whether
+            it is still there."""
+            for src, size, mtime_ns in ledger.written_to(dst):
+                if src not in redone:
+                    return FileResult(src, "written", size, mtime_ns, dst), (input_root / src).is_file()
+            return None
+
         bar = tqdm(results, total=len(todo), disable=None if progress is None else not progress, unit="file",
                    leave=False, dynamic_ncols=True)
         for result in bar:
-            for settled in _settle_duplicates(by_dst, result, process):
-                ends[settled.src] = settled.status
+            for settled in _settle_duplicates(by_dst, result, process, recorded):
+                if settled.src in redone:
+                    ends[settled.src] = settled.status
                 token = pseudo.token(f"src:{settled.src}")[:10]
                 ledger.record(settled, token)
                 kept = str(settled.meta.get("kept", "")) if settled.status == "quarantined" else ""
                 _log_result(token, settled, name_inputs, pseudo.token(f"src:{kept}")[:10] if kept else "")
+        ledger.commit()
     finally:
         if hasattr(results, "close"):
             results.close()  # stop the workers' remaining tasks if this ended early
@@ -478,25 +490,44 @@ class FileTask:
 
 
 def _settle_duplicates(
-    by_dst: dict[str, FileResult], result: FileResult, process: Callable[[str], FileResult]
+    by_dst: dict[str, FileResult],
+    result: FileResult,
+    process: Callable[[str], FileResult],
+    recorded: Callable[[str], tuple[FileResult, bool] | None] = lambda dst: None,
 ) -> list[FileResult]:
     """Keep one output per SOP instance: of inputs that map to the same path, the first by
     input path is written (again, as a later duplicate may have replaced it) and the others
-    are quarantined."""
+    are quarantined.
+
+    ``recorded(dst)`` gives the input an earlier run wrote to ``dst`` (which this run does not
+    redo) and whether it is still there: an incremental run settles against it too, and one
+    whose input has gone gives way to the input that replaced it.
+    """
     if result.status != "written":
         return [result]
     first = by_dst.get(result.dst)
     if first is None:
-        by_dst[result.dst] = _kept(result)
-        return [result]
+        earlier = recorded(result.dst)
+        if earlier is None:
+            by_dst[result.dst] = _kept(result)
+            return [result]
+        first, present = earlier
+        if not present:
+            by_dst[result.dst] = _kept(result)
+            return [result, _as_duplicate(first, result)]
     winner, loser = sorted((first, result), key=lambda r: r.src)
     winner = process(winner.src)
     by_dst[result.dst] = _kept(winner)
+    return [winner, _as_duplicate(loser, winner)]
+
+
+def _as_duplicate(loser: FileResult, winner: FileResult) -> FileResult:
+    """``loser`` quarantined because ``winner``, which has its SOP Instance UID, is kept."""
     loser.status, loser.dst, loser.sha256, loser.uid_pairs = "quarantined", "", "", {}
     loser.regions, loser.preview, loser.pixels_changed = (), None, False
     loser.reason = DUPLICATE_REASON
     loser.meta = {"kept": winner.src}
-    return [winner, loser]
+    return loser
 
 
 def _kept(result: FileResult) -> FileResult:

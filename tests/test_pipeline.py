@@ -19,7 +19,7 @@ from pydicom import dcmread
 from conftest import KEY, make_ct, write
 from deid.audit import FileResult
 from deid.cli import EXIT_LOCKED, main
-from deid.pipeline import LOCK_NAME, FolderLock, RunConfig, _settle_duplicates, run
+from deid.pipeline import DUPLICATE_REASON, LOCK_NAME, FolderLock, RunConfig, _settle_duplicates, run
 
 PHI = ("DOE", "JOHN", "MRN445566", "19610412", "ACC99887", "Springfield", "SN-778899")
 
@@ -194,6 +194,41 @@ def test_one_output_per_sop_instance(inputs: Path, tmp_path: Path):
     )
     kept = tmp_path / "out" / rows["DOE_JOHN0_MRN445560/IM0001.dcm"]["output"]
     assert dcmread(kept).PixelData == dcmread(original).PixelData  # the first by input path
+
+
+@pytest.mark.parametrize("folder", ["AAA", "ZZZ"])
+def test_an_input_added_later_with_a_written_sop_instance_uid_keeps_one_output(
+    inputs: Path, tmp_path: Path, folder: str
+):
+    run(RunConfig("basic", (), KEY), inputs, tmp_path / "out", jobs=1)
+    original = inputs / "DOE_JOHN0_MRN445560" / "IM0001.dcm"
+    ds = dcmread(original)
+    ds.PixelData = bytes(len(ds.PixelData))  # same SOP Instance UID, other content
+    write(ds, inputs / folder / "IM0001.dcm")
+    summary = run(RunConfig("basic", (), KEY), inputs, tmp_path / "out", jobs=1)
+    assert summary.counts == {"written": 12, "quarantined": 1, "skipped": 1}
+    manifest = [r["path"] for r in csv.DictReader((tmp_path / "out" / "manifest.csv").open())]
+    assert len(manifest) == len(set(manifest)) == 12
+    rows = {r["input"]: r for r in csv.DictReader((tmp_path / "out.audit" / "files.csv").open())}
+    first, later = sorted(["DOE_JOHN0_MRN445560/IM0001.dcm", f"{folder}/IM0001.dcm"])
+    assert rows[later]["status"] == "quarantined" and rows[later]["reason"].startswith(DUPLICATE_REASON)
+    kept = dcmread(tmp_path / "out" / rows[first]["output"])
+    assert kept.PixelData == dcmread(inputs / first).PixelData  # the first by input path
+    assert run(RunConfig("basic", (), KEY), inputs, tmp_path / "out", jobs=1).processed == 0
+
+
+def test_an_input_that_replaced_a_vanished_one_takes_its_place(inputs: Path, tmp_path: Path):
+    run(RunConfig("basic", (), KEY), inputs, tmp_path / "out", jobs=1)
+    original = inputs / "DOE_JOHN0_MRN445560" / "IM0001.dcm"
+    moved = inputs / "ZZZ" / "IM0001.dcm"
+    moved.parent.mkdir()
+    original.rename(moved)
+    run(RunConfig("basic", (), KEY), inputs, tmp_path / "out", jobs=1)
+    rows = {r["input"]: r for r in csv.DictReader((tmp_path / "out.audit" / "files.csv").open())}
+    assert rows["ZZZ/IM0001.dcm"]["status"] == "written"
+    assert rows["DOE_JOHN0_MRN445560/IM0001.dcm"]["status"] == "quarantined"
+    manifest = [r["path"] for r in csv.DictReader((tmp_path / "out" / "manifest.csv").open())]
+    assert len(manifest) == len(set(manifest)) == 12
 
 
 def test_a_later_result_with_the_first_input_path_wins():
