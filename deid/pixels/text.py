@@ -1,8 +1,8 @@
 """The burned-in text stage: find text in the pixels and blank it in every frame.
 
 Detection is layered: regions known from header values and the outside of declared ultrasound
-regions (:mod:`deid.pixels.regions`), then OCR of what is left (:mod:`deid.pixels.ocr`). A
-multi-frame object is read twice, as the minimum and the maximum over its frames. In ``all``
+regions (:mod:`deid.pixels.regions`), then OCR of what is left (:mod:`deid.pixels.ocr`), and a
+second read of small text at full resolution (:mod:`deid.pixels.small_text`). A multi-frame object is read twice, as the minimum and the maximum over its frames. In ``all``
 mode every text line is blanked; in ``sensitive`` mode lines made only of safe tokens
 (laterality, positioning, units, measurements) are kept.
 """
@@ -21,6 +21,7 @@ from deid.pixels.encode import write_pixels
 from deid.pixels.ocr import read_text
 from deid.pixels.regions import Box, RegionRules, load_region_rules
 from deid.pixels.render import fill_value, frames_of, to_display
+from deid.pixels.small_text import read_small_text
 from deid.review import Region
 from deid.stage import Item, Quarantined
 
@@ -127,8 +128,9 @@ class TextStage:
         item.changed_pixels(self.name, frames[0], cleaned[0])
 
     def _read(self, frames: np.ndarray, ds: Dataset, known: list[Box], item: Item) -> list[Region]:
-        """OCR the frame (or the min and max over frames) with the known regions blanked; every
-        line read, masked unless ``sensitive`` mode keeps it."""
+        """OCR the frame (or the min and max over frames) with the known regions blanked, and read
+        small text again at full resolution; every line read, masked unless ``sensitive`` mode
+        keeps it."""
         pictures = [frames[0]] if len(frames) == 1 else [frames.min(axis=0), frames.max(axis=0)]
         mode = self.mode_for(ds)
         lines: dict[Box, Region] = {}
@@ -136,7 +138,8 @@ class TextStage:
             picture = to_display(stored, ds)
             for x, y, width, height in known:
                 picture[y : y + height, x : x + width] = 0
-            for line in read_text(picture):
+            first = read_text(picture)
+            for line in first + read_small_text(picture, first):
                 masked = mode == "all" or not line_is_safe(line.text, item.identifying)
                 if line.box not in lines or masked:
                     lines[line.box] = Region("ocr", line.box, line.text, masked)
