@@ -243,8 +243,9 @@ def _describe(config, input_dir: Path, have_key: bool) -> None:
 @click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--details", is_flag=True, help="List every retained value, not only their counts by option.")
 @click.option("--reveal", is_flag=True, help="Print the values found (PHI!) too.")
+@click.option("--ocr", is_flag=True, help="Also OCR every release image for text still in its pixels (slow).")
 def verify(output_dir: Path, input_dir: Path, audit_dir: Path | None, profile: str | None,
-           options: tuple[str, ...], output_format: str, details: bool, reveal: bool) -> None:
+           options: tuple[str, ...], output_format: str, details: bool, reveal: bool, ocr: bool) -> None:
     """Report identifying values of INPUT that survive anywhere in OUTPUT_DIR.
 
     Values the run's profile keeps on purpose (an option such as retain_uids) are listed apart.
@@ -256,7 +257,7 @@ def verify(output_dir: Path, input_dir: Path, audit_dir: Path | None, profile: s
     from deid.verify import verify as check_release
 
     try:
-        report = check_release(output_dir, input_dir, audit_dir, (profile, options) if profile else None)
+        report = check_release(output_dir, input_dir, audit_dir, (profile, options) if profile else None, ocr=ocr)
     except ProfileError as exc:
         click.echo(f"deid verify: {exc}", err=True)
         sys.exit(EXIT_CONFIG)

@@ -253,6 +253,40 @@ def _key(identifier: Identifier) -> bytes:
     return max(_TOKEN.findall(encoded) or [encoded], key=len)
 
 
+class IdentifierIndex:
+    """Identifiers by the token they are looked up by (:func:`_key`), to find them in any bytes.
+
+    Parameters
+    ----------
+    identifiers
+        What must not appear.
+    """
+
+    def __init__(self, identifiers: Iterable[Identifier]) -> None:
+        self.index: dict[bytes, list[Identifier]] = {}
+        for identifier in identifiers:
+            self.index.setdefault(_key(identifier), []).append(identifier)
+
+    def found_in(self, data: bytes, origin: str | None = None) -> Iterator[Identifier]:
+        """The identifiers whose whole value occurs in ``data`` (see :func:`find_leaks`); dates
+        only those of ``origin``, the input the data came from, where it is known."""
+        tokens = set(_TOKEN.findall(data))
+        tokens |= {t.upper() for t in tokens}
+        upper = None
+        for token in tokens & self.index.keys():
+            for identifier in self.index[token]:
+                if identifier.kind == "date" and origin is not None and identifier.origin != origin:
+                    continue
+                value = identifier.value.encode("utf-8")
+                if value != token and identifier.kind in _CASELESS_KINDS:
+                    upper = data.upper() if upper is None else upper
+                    if value.upper() not in upper:
+                        continue
+                elif value != token and value not in data:
+                    continue
+                yield identifier
+
+
 def find_leaks(
     output_dir: Path, identifiers: set[Identifier], origins: dict[str, str] | None = None
 ) -> list[Leak]:
@@ -279,28 +313,11 @@ def find_leaks(
         One per identifier and file where it was found, sorted by file.
     """
     origins = origins or {}
-    index: dict[bytes, list[Identifier]] = {}
-    for identifier in identifiers:
-        index.setdefault(_key(identifier), []).append(identifier)
+    index = IdentifierIndex(identifiers)
     leaks: set[Leak] = set()
 
     def scan(data: bytes, where: str, how: str) -> None:
-        tokens = set(_TOKEN.findall(data))
-        tokens |= {t.upper() for t in tokens}
-        upper = None
-        origin = origins.get(where)
-        for token in tokens & index.keys():
-            for identifier in index[token]:
-                if identifier.kind == "date" and origin is not None and identifier.origin != origin:
-                    continue
-                value = identifier.value.encode("utf-8")
-                if value != token and identifier.kind in _CASELESS_KINDS:
-                    upper = data.upper() if upper is None else upper
-                    if value.upper() not in upper:
-                        continue
-                elif value != token and value not in data:
-                    continue
-                leaks.add(Leak(identifier, where, how))
+        leaks.update(Leak(identifier, where, how) for identifier in index.found_in(data, origins.get(where)))
 
     for path in sorted(output_dir.rglob("*")):
         relative = path.relative_to(output_dir).as_posix()
@@ -769,6 +786,7 @@ def verify(
     audit_dir: Path | None = None,
     profile: tuple[str, tuple[str, ...]] | None = None,
     checks: Iterable[str] | None = None,
+    ocr: bool = False,
 ) -> Report:
     """Check the release ``output_dir`` against the tree ``input_dir`` it was made from.
 
@@ -782,7 +800,9 @@ def verify(
         ``(name or TOML path, extra options)`` to judge retained values by; default what the run
         recorded.
     checks
-        Names of the checks to run; default every registered one.
+        Names of the checks to run; default every registered one that is not opt-in.
+    ocr
+        Also run the opt-in checks (OCR of the release's pixels).
 
     Returns
     -------
@@ -798,7 +818,12 @@ def verify(
     for module in CHECK_MODULES:
         importlib.import_module(module)
     release = Release(output_dir, input_dir, audit_dir, profile)
-    chosen = [CHECKS[name] for name in checks] if checks is not None else list(CHECKS.values())
+    import deid.checks  # noqa: F401 - registers the unread-value and pixel checks
+
+    chosen = (
+        [CHECKS[name] for name in checks] if checks is not None
+        else [c for c in CHECKS.values() if ocr or not getattr(c, "opt_in", False)]
+    )
     outputs = release.output_files()
     release.count("release files", len(outputs))
     findings: list[Finding] = []

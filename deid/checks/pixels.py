@@ -1,0 +1,92 @@
+"""``deid verify``: what the pixels of a release still show.
+
+* ``pixel-bits``: native samples with bits set outside Bits Stored / High Bit, where old-style
+  overlays (and their text) hide; a release made by ``deid run`` has none.
+* ``pixel-text`` (``deid verify --ocr``): text that OCR, both reads of the text stage, still finds
+  in the pixels of a release image and that the text stage's ``sensitive`` rule would not keep
+  (a date, a time, a long number, an identifying value of the inputs, any word that is not a
+  marker or a measurement); lines of fewer than two letters or digits are not counted.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from deid.pixels.unused_bits import unused_bits_set
+from deid.verify import Finding, Release, register_check
+
+#: A line counts as text when it holds two letters or digits (a masked box's edge reads as one dash).
+_READABLE = re.compile(r"[^\W_].*[^\W_]")
+
+
+@register_check
+class PixelBitsCheck:
+    """Native pixel samples of the release with bits set above High Bit."""
+
+    name = "pixel-bits"
+
+    def describe(self) -> str:
+        return "native pixel samples with bits set outside Bits Stored / High Bit (old-style overlays)"
+
+    def __call__(self, release: Release) -> Iterable[Finding]:
+        images = 0
+        for relative in release.output_files():
+            ds = release.read_output(relative)
+            if ds is None or "PixelData" not in ds:
+                continue
+            images += 1
+            samples = unused_bits_set(ds)
+            if samples:
+                yield Finding(self.name, "pixels", "PixelData bits above High Bit", relative, "pixels",
+                              f"{samples} samples", release.origins.get(relative, ""))
+        release.count("release images checked for bits above High Bit", images)
+
+
+@register_check
+class PixelTextCheck:
+    """Text OCR still reads in the release's images (opt-in: ``deid verify --ocr``)."""
+
+    name = "pixel-text"
+    opt_in = True
+
+    def describe(self) -> str:
+        return "text OCR still reads in the pixels (both reads of the text stage) that a sensitive-mode rule would not keep"
+
+    def __call__(self, release: Release) -> Iterable[Finding]:
+        from deid.pixels.codecs import pixel_array
+        from deid.pixels.ocr import read_text
+        from deid.pixels.render import frames_of, to_display
+        from deid.pixels.small_text import read_small_text
+        from deid.pixels.text import line_is_safe
+        from deid.stage import Quarantined
+
+        identifying = _pattern(release)
+        pictures = 0
+        for relative in release.output_files():
+            ds = release.read_output(relative)
+            if ds is None or "PixelData" not in ds:
+                continue
+            try:
+                frames = frames_of(pixel_array(ds, "verify"), ds)
+            except Quarantined:
+                release.count("release images OCR could not decode")
+                continue
+            for stored in [frames[0]] if len(frames) == 1 else [frames.min(axis=0), frames.max(axis=0)]:
+                picture = to_display(stored, ds)
+                pictures += 1
+                first = read_text(picture)
+                for line in first + read_small_text(picture, first):
+                    if _READABLE.search(line.text) and not line_is_safe(line.text, identifying):
+                        x, y, width, height = line.box
+                        yield Finding(self.name, "text", f"pixels at x={x} y={y} w={width} h={height}",
+                                      relative, "pixels", line.text, release.origins.get(relative, ""))
+        release.count("release pictures read by OCR", pictures)
+
+
+def _pattern(release: Release) -> re.Pattern[str] | None:
+    """The inputs' identifying values as one case-insensitive whole-word pattern."""
+    values = sorted({i.value for i in release.identifiers if len(i.value) >= 3}, key=len, reverse=True)
+    if not values:
+        return None
+    return re.compile(r"(?<!\w)(?:" + "|".join(re.escape(v) for v in values) + r")(?!\w)", re.IGNORECASE)
