@@ -35,6 +35,8 @@ def test_gdcm_decodes_jpeg_lossless_in_the_default_install():
     assert "gdcm" in syntaxes[JPEGLossless] and "gdcm" in syntaxes[JPEGLosslessSV1]
 
 
+@pytest.mark.corpus
+@pytest.mark.ocr
 def test_corpus_jpeg_lossless_objects_decode_and_none_is_quarantined(shared: Path, tmp_path: Path):
     paths = jpeg_lossless_inputs(shared)
     assert len(paths) >= 4
@@ -53,6 +55,7 @@ def test_corpus_jpeg_lossless_objects_decode_and_none_is_quarantined(shared: Pat
     assert summary.counts["written"] == len(paths)
 
 
+@pytest.mark.corpus
 def test_an_undecodable_object_names_its_syntax_and_the_extra(shared: Path):
     """12-bit JPEG Extended: only the GPL decoder (the gpl-codecs extra) takes it."""
     ds = dcmread(shared / "corpus" / "pydicom-testfiles" / "JPEG-lossy.dcm")

@@ -19,6 +19,7 @@ from deid.pixels.small_text import read_small_text
 from deid.process import process_file
 
 pytest.importorskip("onnxruntime", reason="the text stage needs ONNX Runtime (the cpu extra)")
+pytestmark = pytest.mark.ocr
 
 #: Lines 10-12 pixels high (glyphs of 8 and 9 pixels), where radiograph exports print them.
 SMALL_LINES = [
@@ -60,7 +61,9 @@ def uncovered(drawn: np.ndarray, boxes) -> int:
     return int((drawn & ~covered).sum())
 
 
-@pytest.mark.parametrize(("level", "photometric"), [(4095, "MONOCHROME2"), (2600, "MONOCHROME2"), (4095, "MONOCHROME1")])
+@pytest.mark.parametrize(
+    ("level", "photometric"), [(4095, "MONOCHROME2"), (2600, "MONOCHROME2"), (4095, "MONOCHROME1")]
+)
 def test_small_text_missed_by_the_first_read_is_found_by_the_second(level: int, photometric: str):
     ds, drawn = radiograph(level, photometric)
     picture = to_display(ds.pixel_array, ds)

@@ -3,7 +3,6 @@ leaves (written by hand here), and finds nothing in what `deid run` writes (prof
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +10,12 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
+from test_unread_values import encoded, private_block, sequence_bytes, with_overlay_bits
 
 from conftest import KEY, make_ct, write
 from deid.checks.values import hidden_values
 from deid.pipeline import RunConfig, run
 from deid.verify import verify
-from test_unread_values import encoded, private_block, sequence_bytes, with_overlay_bits
 
 SYNTAXES = {"implicit-LE": ImplicitVRLittleEndian, "explicit-BE": ExplicitVRBigEndian}
 
@@ -95,6 +94,7 @@ def _text_image() -> Dataset:
     return ds
 
 
+@pytest.mark.ocr
 def test_ocr_finds_text_still_in_the_pixels_only_when_asked(tmp_path: Path):
     pytest.importorskip("onnxruntime", reason="OCR needs ONNX Runtime (the cpu extra)")
     write(make_ct(), tmp_path / "in" / "a.dcm")
@@ -105,6 +105,7 @@ def test_ocr_finds_text_still_in_the_pixels_only_when_asked(tmp_path: Path):
     assert found and found[0].places == [("b.dcm", "pixels")]
 
 
+@pytest.mark.ocr
 def test_ocr_finds_nothing_in_what_the_text_stage_cleaned(tmp_path: Path):
     pytest.importorskip("onnxruntime", reason="OCR needs ONNX Runtime (the cpu extra)")
     write(_text_image(), tmp_path / "in" / "a.dcm")

@@ -51,7 +51,10 @@ class PixelTextCheck:
     opt_in = True
 
     def describe(self) -> str:
-        return "text OCR still reads in the pixels (both reads of the text stage) that a sensitive-mode rule would not keep"
+        return (
+            "text OCR still reads in the pixels (both reads of the text stage) that a sensitive-mode rule "
+            "would not keep"
+        )
 
     def __call__(self, release: Release) -> Iterable[Finding]:
         from deid.pixels.codecs import pixel_array

@@ -9,6 +9,7 @@ element it hides in.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator
 
 from pydicom.dataelem import RawDataElement
@@ -45,10 +46,9 @@ def hidden_values(ds: Dataset, path: str = "") -> Iterator[tuple[str, bytes]]:
         elif not isinstance(value, bytes):
             value = str(value).encode("utf-8", "replace")
         if value.startswith(_ITEM):
-            try:
-                items = convert_SQ(value, True, True)
-            except Exception:  # noqa: BLE001 - not a sequence after all: search the bytes
-                items = []
+            items: list[Dataset] = []
+            with contextlib.suppress(Exception):  # not a sequence after all: search the bytes
+                items = list(convert_SQ(value, True, True))
             for index, item in enumerate(items):
                 yield from hidden_values(item, f"{where}[{index}].")
             if items:
@@ -63,7 +63,10 @@ class HiddenValuesCheck:
     name = "hidden-values"
 
     def describe(self) -> str:
-        return "identifying values of the inputs in UN, private and unknown elements and after the pixel data, at every depth"
+        return (
+            "identifying values of the inputs in UN, private and unknown elements and after the pixel data, "
+            "at every depth"
+        )
 
     def __call__(self, release: Release) -> Iterable[Finding]:
         index = IdentifierIndex(release.identifiers)

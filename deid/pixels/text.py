@@ -2,9 +2,10 @@
 
 Detection is layered: regions known from header values and the outside of declared ultrasound
 regions (:mod:`deid.pixels.regions`), then OCR of what is left (:mod:`deid.pixels.ocr`), and a
-second read of small text at full resolution (:mod:`deid.pixels.small_text`). A multi-frame object is read twice, as the minimum and the maximum over its frames. In ``all``
-mode every text line is blanked; in ``sensitive`` mode lines made only of safe tokens
-(laterality, positioning, units, measurements) are kept.
+second read of small text at full resolution (:mod:`deid.pixels.small_text`). A multi-frame
+object is read twice, as the minimum and the maximum over its frames. In ``all`` mode every text
+line is blanked; in ``sensitive`` mode lines made only of safe tokens (laterality, positioning,
+units, measurements) are kept.
 """
 
 from __future__ import annotations
