@@ -423,6 +423,7 @@ class Release:
         self.counts: dict[str, int] = {}
         self.kinds: dict[str, int] = {}
         self.notes: list[str] = []
+        self._masked: tuple[str, bytes] = ("", b"")
         self.profile_source = "given"
         if profile is not None:
             self.profile: Profile | None = load_profile(*profile)
@@ -525,12 +526,20 @@ class Release:
         containing = {v: rule for v, rule in self._kept_values.items() if needle in v}
         if not containing:
             return ""
-        data = _searchable_bytes(self.output_dir / finding.where).upper()
-        for value in sorted(containing, key=len, reverse=True):
-            data = data.replace(value, b"\0")
+        data = self._without_kept_values(finding.where)
         if needle in set(_TOKEN.findall(data)) or (len(_TOKEN.findall(needle)) > 1 and needle in data):
             return ""
         return "+".join(sorted(set(containing.values())))
+
+    def _without_kept_values(self, where: str) -> bytes:
+        """The searchable bytes of the release file ``where``, upper-cased, every kept value blanked;
+        the last file's is remembered (findings come file by file)."""
+        if self._masked[0] != where:
+            data = _searchable_bytes(self.output_dir / where).upper()
+            for value in sorted(self._kept_values, key=len, reverse=True):
+                data = data.replace(value, b"\0")
+            self._masked = (where, data)
+        return self._masked[1]
 
 
 class Check(Protocol):
