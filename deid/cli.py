@@ -30,6 +30,15 @@ EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 
 
+def _size(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    from deid.config import parse_size
+
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def _check_scheduler(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     from deid.executors import WorkerArgumentError, parse_scheduler
 
@@ -89,6 +98,9 @@ def main() -> None:
 @click.option("--dp-pix-block", default=DP_PIX[0], show_default=True, help="DP-Pix cell side, in pixels.")
 @click.option("--dp-pix-epsilon", default=DP_PIX[1], show_default=True, help="DP-Pix privacy budget.")
 @click.option("--dp-pix-m", default=DP_PIX[2], show_default=True, help="DP-Pix neighbourhood (pixels that may differ).")
+@click.option("--max-object-size", default="2GiB", show_default=True, callback=_size, metavar="SIZE",
+              help="The most one input may inflate or decode to (e.g. 512MiB); beyond it, it is "
+                   "quarantined as a decompression bomb.")
 @click.option("--audit-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Private audit folder (ledger, crosswalks); default OUTPUT_DIR.audit.")
 @click.option("--json-logs/--console-logs", default=None,
@@ -125,6 +137,7 @@ def run(
     dp_pix_block: int,
     dp_pix_epsilon: float,
     dp_pix_m: float,
+    max_object_size: int,
     audit_dir: Path | None,
     json_logs: bool | None,
     verbose: bool,
@@ -151,7 +164,7 @@ def run(
             profile, options, key or secrets.token_bytes(32), header_only, text_mode, text_fill,
             pixels=pixels, deform_model=str(deform_model) if deform_model else None,
             deform_rules=str(deform_rules) if deform_rules else None,
-            dp_pix=(dp_pix_block, dp_pix_epsilon, dp_pix_m),
+            dp_pix=(dp_pix_block, dp_pix_epsilon, dp_pix_m), max_object_size=max_object_size,
         )
         if dry_run:
             _describe(config, input_dir, key is not None)

@@ -18,6 +18,30 @@ from deid.shipped import default_model, rules_dir
 PIXEL_STAGES = ("deform", "dp-pix", "none")
 #: DP-Pix as PriCheXy-Net's baseline runs it: cell side, privacy budget, neighbourhood (pixels that differ).
 DP_PIX = (8, 0.1, 1.0)
+#: The most an input may inflate or decode to, by default: the largest real objects (breast
+#: tomosynthesis, enhanced multi-frame CT and MR of thousands of slices) decode to 0.5-2 GB, so
+#: an input beyond this is a decompression bomb, quarantined before it can take a worker's memory.
+MAX_OBJECT_SIZE = 2 * 1024**3
+_UNITS = {"": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "KI": 1024, "MI": 1024**2, "GI": 1024**3}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``512MiB``, ``2GiB``, ``1.5G``, ``800M`` or a plain number (``B`` optional).
+
+    Raises
+    ------
+    ValueError
+        If ``text`` is not a positive size.
+    """
+    number = text.strip().upper().removesuffix("B")
+    unit = number.lstrip("0123456789.").strip()
+    try:
+        size = int(float(number[: len(number) - len(unit)]) * _UNITS[unit])
+    except (KeyError, ValueError):
+        raise ValueError(f"not a size: {text!r} (e.g. 512MiB, 2GiB)") from None
+    if size <= 0:
+        raise ValueError(f"not a positive size: {text!r}")
+    return size
 
 
 @dataclass(frozen=True)
@@ -47,6 +71,9 @@ class RunConfig:
         rules/pixel/deform.toml.
     dp_pix
         DP-Pix ``(block, epsilon, m)``.
+    max_object_size
+        The most, in bytes, an input may inflate or decode to; beyond it, it is quarantined as
+        a decompression bomb (:data:`MAX_OBJECT_SIZE` by default).
     """
 
     profile: str
@@ -59,6 +86,7 @@ class RunConfig:
     deform_model: str | None = None
     deform_rules: str | None = None
     dp_pix: tuple[int, float, float] = DP_PIX
+    max_object_size: int = MAX_OBJECT_SIZE
 
     def fingerprint(self) -> str:
         """Hash of what decides the output: version, rules, options, stages, model, key (not revealed)."""
@@ -67,6 +95,8 @@ class RunConfig:
             (__version__, self.profile, ",".join(self.options), str(self.header_only), str(self.text_mode),
              self.text_fill, self.pixels, ",".join(map(str, self.dp_pix)))
         )
+        if self.max_object_size != MAX_OBJECT_SIZE:  # ledgers made with the default stay valid
+            switches += f"|max_object_size={self.max_object_size}"
         digest.update(switches.encode())
         for path in sorted(rules_dir().rglob("*")):
             if path.suffix in (".toml", ".json"):
@@ -83,4 +113,4 @@ class RunConfig:
         return digest.hexdigest()[:16]
 
 
-__all__ = ["RunConfig", "PIXEL_STAGES", "DP_PIX"]
+__all__ = ["RunConfig", "PIXEL_STAGES", "DP_PIX", "MAX_OBJECT_SIZE", "parse_size"]

@@ -19,7 +19,14 @@ from deid.header.engine import HeaderEngine
 from deid.header.profiles import Profile, load_profile
 from deid.header.stage import HeaderStage
 from deid.pseudonyms import Pseudonymizer
-from deid.reader import check_pixels, is_media_directory, read_dataset, settle_transfer_syntax
+from deid.reader import (
+    check_decoded_size,
+    check_inflation,
+    check_pixels,
+    is_media_directory,
+    read_dataset,
+    settle_transfer_syntax,
+)
 from deid.review import preview_of
 from deid.stage import Item, Quarantined, Stage
 from deid.writer import output_relpath, replace_file_meta, write_atomic
@@ -116,10 +123,14 @@ def process_file(
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return _take_to_end(worker_for(config), input_root / src, output_root, src, sample_rate)
+        return _take_to_end(
+            worker_for(config), input_root / src, output_root, src, sample_rate, config.max_object_size
+        )
 
 
-def _take_to_end(worker: Worker, path: Path, output_root: Path, src: str, sample_rate: float) -> FileResult:
+def _take_to_end(
+    worker: Worker, path: Path, output_root: Path, src: str, sample_rate: float, max_object_size: int
+) -> FileResult:
     try:
         stat = path.stat()
     except OSError as exc:
@@ -127,6 +138,7 @@ def _take_to_end(worker: Worker, path: Path, output_root: Path, src: str, sample
     result = FileResult(src=src, status="quarantined", size=stat.st_size, mtime_ns=stat.st_mtime_ns)
     try:
         data = path.read_bytes()
+        check_inflation(data, max_object_size)
         ds = read_dataset(data)
         if ds is None:
             result.status, result.reason = "skipped", "not DICOM"
@@ -135,6 +147,7 @@ def _take_to_end(worker: Worker, path: Path, output_root: Path, src: str, sample
             result.status, result.reason = "skipped", "DICOMDIR (a media directory; --dicomdir writes one for OUT)"
             return result
         settle_transfer_syntax(ds)
+        check_decoded_size(ds, max_object_size)
         check_pixels(ds, len(data))
         item = Item(ds)
         for stage in worker.stages:

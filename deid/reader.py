@@ -9,31 +9,38 @@ from __future__ import annotations
 
 import io
 import warnings
+import zlib
 
 from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     MediaStorageDirectoryStorage,
 )
 
+from deid.config import MAX_OBJECT_SIZE
 from deid.stage import Quarantined
 
 #: Top-level values longer than this are read only when a stage asks for them.
 DEFER_SIZE = 64 * 1024
 
 
-def read_instance(data: bytes) -> FileDataset | None:
+
+def read_instance(data: bytes, max_object_size: int = MAX_OBJECT_SIZE) -> FileDataset | None:
     """Read one input file's bytes and check them, as ``deid run`` does.
 
     Parameters
     ----------
     data
         The whole file.
+    max_object_size
+        The most, in bytes, a deflated data set may inflate to and pixel data may decode to.
 
     Returns
     -------
@@ -44,15 +51,63 @@ def read_instance(data: bytes) -> FileDataset | None:
     Raises
     ------
     Quarantined
-        If the file is DICOM but unreadable, truncated, or its pixel data is incomplete or
+        If the file is DICOM but unreadable, truncated, damaged in its ``DICM`` prefix, larger
+        than ``max_object_size`` once inflated or decoded, or its pixel data is incomplete or
         encapsulated in an unknown transfer syntax.
     """
+    check_inflation(data, max_object_size)
     ds = read_dataset(data)
     if ds is None:
         return None
     settle_transfer_syntax(ds)
+    check_decoded_size(ds, max_object_size)
     check_pixels(ds, len(data))
     return ds
+
+
+def check_inflation(data: bytes, limit: int) -> None:
+    """Quarantine a deflated data set that inflates to more than ``limit`` bytes, inflating it
+    a megabyte at a time and keeping none of it (pydicom inflates the whole stream at once).
+    Anything that is not a readable deflated file is left to :func:`read_dataset`."""
+    fp = io.BytesIO(data)
+    try:
+        read_preamble(fp, False)
+        meta = _read_file_meta_info(fp)
+    except Exception:  # noqa: BLE001 - not a file with file meta: read_dataset decides
+        return
+    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        return
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    pending: bytes | memoryview = memoryview(data)[fp.tell() :]
+    inflated = 0
+    try:
+        while pending and not inflater.eof:
+            inflated += len(inflater.decompress(pending, 1 << 20))
+            if inflated > limit:
+                raise Quarantined(f"decompression bomb: the deflated data set inflates to more than {_size(limit)}")
+            pending = inflater.unconsumed_tail
+    except zlib.error:
+        return
+
+
+def check_decoded_size(ds: Dataset, limit: int) -> None:
+    """Quarantine pixel data whose declared size (rows, columns, frames, samples, bits) is more
+    than ``limit`` bytes: a codec would allocate it before decoding a byte."""
+    if "PixelData" not in ds:
+        return
+    try:
+        size = (
+            int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1)
+            * int(ds.get("NumberOfFrames", 1) or 1) * ((int(ds.BitsAllocated) + 7) // 8)
+        )
+    except (AttributeError, TypeError, ValueError):
+        return  # check_pixels and the pixel stages refuse an image without a description
+    if size > limit:
+        raise Quarantined(f"decompression bomb: the pixel data declares {_size(size)}, more than {_size(limit)}")
+
+
+def _size(size: int) -> str:
+    return f"{size / 1024**3:.1f} GiB" if size >= 1024**3 else f"{size / 1024**2:.0f} MiB"
 
 
 def read_dataset(data: bytes) -> FileDataset | None:
@@ -76,9 +131,25 @@ def read_dataset(data: bytes) -> FileDataset | None:
         return ds
     try:  # no preamble: accept only if it parses as a data set with an SOP class
         ds = dcmread(io.BytesIO(data), force=True, defer_size=DEFER_SIZE)
-        return ds if "SOPClassUID" in ds else None
+        if "SOPClassUID" in ds:
+            return ds
     except Exception:  # noqa: BLE001
-        return None
+        pass
+    if has_damaged_prefix(data):
+        raise Quarantined("damaged DICOM prefix: no 'DICM' at byte 128, though file meta follows")
+    return None
+
+
+def has_damaged_prefix(data: bytes) -> bool:
+    """Whether ``data`` is a DICOM file whose ``DICM`` magic (bytes 128-131) is damaged: with
+    the magic mended, it reads as a file with file meta naming an SOP class."""
+    if len(data) < 140 or data[128:132] == b"DICM" or data[132:134] != b"\x02\x00":
+        return False
+    try:
+        ds = dcmread(io.BytesIO(data[:128] + b"DICM" + data[132:]), stop_before_pixels=True, defer_size=DEFER_SIZE)
+    except Exception:  # noqa: BLE001
+        return False
+    return bool(ds.file_meta.get("MediaStorageSOPClassUID") or "SOPClassUID" in ds)
 
 
 def check_complete(ds: Dataset, size: int) -> None:
@@ -145,6 +216,9 @@ def stored_length(element: object, size: int) -> int:
 __all__ = [
     "DEFER_SIZE",
     "read_instance",
+    "check_inflation",
+    "check_decoded_size",
+    "has_damaged_prefix",
     "read_dataset",
     "check_complete",
     "settle_transfer_syntax",

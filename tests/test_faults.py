@@ -3,6 +3,7 @@ or foreign output folder."""
 
 from __future__ import annotations
 
+import csv
 import errno
 import os
 import signal
@@ -14,8 +15,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from pydicom.encaps import encapsulate
+from pydicom.uid import DeflatedExplicitVRLittleEndian, RLELossless
 
-from conftest import KEY
+from conftest import KEY, make_ct, write
 from deid import executors, staging, writer
 from deid.audit import COMMIT_SECONDS, FileResult, Ledger
 from deid.cli import EXIT_IO, EXIT_LOCKED, EXIT_TERMINATED, main
@@ -369,3 +372,63 @@ def test_an_audit_folder_inside_the_input_or_output_is_refused(tmp_path: Path, i
     with pytest.raises(ValueError, match=f"outside the {'input' if inside == 'in' else 'output'} folder"):
         run(CONFIG, tmp_path / "in", tmp_path / "out", tmp_path / inside / "audit", jobs=1)
     assert not (tmp_path / "out").exists()
+
+
+# --- hostile files -----------------------------------------------------------------------------
+
+
+def _reasons(audit: Path) -> dict[str, str]:
+    return {r["input"]: r["reason"] for r in csv.DictReader((audit / "quarantine.csv").open())}
+
+
+def test_decompression_bombs_are_quarantined(tmp_path: Path):
+    inputs = tmp_path / "in"
+    bomb = make_ct(sop_uid="1.2.826.0.1.3680043.8.498.1901")
+    bomb.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    bomb.add_new(0x00091010, "OB", bytes(64 * 1024**2))  # 64 MiB of zeros: about 64 KB deflated
+    path = write(bomb, inputs / "bomb.dcm")
+    assert path.stat().st_size < 256 * 1024
+    declared = make_ct(sop_uid="1.2.826.0.1.3680043.8.498.1902")
+    declared.file_meta.TransferSyntaxUID = RLELossless
+    declared.Rows = declared.Columns = 65535
+    declared.NumberOfFrames = 1000
+    declared.PixelData = encapsulate([b"\x00" * 64])
+    declared["PixelData"].VR = "OB"
+    write(declared, inputs / "declared.dcm")
+    write(make_ct(sop_uid="1.2.826.0.1.3680043.8.498.1903"), inputs / "fine.dcm")
+
+    config = RunConfig("basic", (), KEY, header_only=True, max_object_size=16 * 1024**2)
+    summary = run(config, inputs, tmp_path / "out", jobs=1)
+    assert summary.counts == {"written": 1, "quarantined": 2, "skipped": 0}
+    reasons = _reasons(tmp_path / "out.audit")
+    assert reasons["bomb.dcm"] == "decompression bomb: the deflated data set inflates to more than 16 MiB"
+    assert reasons["declared.dcm"] == "decompression bomb: the pixel data declares 7999.8 GiB, more than 16 MiB"
+
+
+def test_a_deflated_file_within_the_bound_is_written(tmp_path: Path):
+    ds = make_ct()
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    write(ds, tmp_path / "in" / "deflated.dcm")
+    summary = run(RunConfig("basic", (), KEY, header_only=True), tmp_path / "in", tmp_path / "out", jobs=1)
+    assert summary.counts["written"] == 1
+
+
+def test_max_object_size_is_a_size(tmp_path: Path, key_file: Path):
+    make_inputs(tmp_path / "in", patients=1, slices=1)
+    result = CliRunner().invoke(
+        main, ["run", str(tmp_path / "in"), str(tmp_path / "out"), "--key-file", str(key_file),
+               "--max-object-size", "lots"]
+    )
+    assert result.exit_code == 2 and "not a size" in result.output
+
+
+def test_a_damaged_dicm_prefix_is_quarantined_not_skipped(tmp_path: Path):
+    inputs = tmp_path / "in"
+    make_inputs(inputs, patients=1, slices=2)
+    damaged = inputs / "DOE_JOHN0_MRN445560" / "IM0001.dcm"
+    data = bytearray(damaged.read_bytes())
+    data[129] = ord("X")  # DICM -> DXCM
+    damaged.write_bytes(bytes(data))
+    summary = run(CONFIG, inputs, tmp_path / "out", jobs=1)
+    assert summary.counts == {"written": 1, "quarantined": 1, "skipped": 1}  # README.txt is not DICOM
+    assert _reasons(tmp_path / "out.audit")["DOE_JOHN0_MRN445560/IM0001.dcm"].startswith("damaged DICOM prefix")
