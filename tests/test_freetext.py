@@ -46,6 +46,7 @@ SMITH = [("name", "SMITH^JANE"), ("id", "MRN445566"), ("date", "19310214"), ("te
         ([("name", "DE VRIES^PIETER")], "Dhr. de Vries thorax", "Dhr. thorax"),
         ([("id", "0078123456")], "Pat.-Nr. 78123456", "Pat.-Nr."),
         ([("phone", "+44 20 7946 0958")], "call 020 7946 0958", "call"),
+        ([("id", "S19-1_A_1_1")], "block S19-1_A_1_1 stained", "block stained"),
     ],
 )
 def test_own_values_in_other_spellings_are_removed(values, text, left):
@@ -181,14 +182,19 @@ def test_clean_structured_content_cleans_sr_text_items(syntax):
     concept = Dataset()
     concept.CodeValue, concept.CodingSchemeDesignator, concept.CodeMeaning = "121071", "DCM", "Finding"
     leaf.ConceptNameCodeSequence = Sequence([concept])
-    leaf.TextValue = "Nodule in the right lower lobe. Patient Smith (born 1931-02-14) seen with Prof. Ingrid Larsen."
+    leaf.TextValue = (
+        "Nodule in the right lower lobe. Patient Smith (born 1931-02-14) seen with Prof. Ingrid Larsen. Wilson agrees."
+    )
+    observer = Dataset()
+    observer.RelationshipType, observer.ValueType = "HAS OBS CONTEXT", "PNAME"
+    observer.PersonName = "WILSON^JAMES"  # a name of the report itself, in an item after the text
     container = Dataset()
     container.RelationshipType, container.ValueType = "CONTAINS", "CONTAINER"
-    container.ContentSequence = Sequence([leaf])
+    container.ContentSequence = Sequence([leaf, observer])
     ds.ContentSequence = Sequence([container])
     ds = deidentify(in_byte_order(ds, syntax), "research", ("clean_structured_content",))
     text = ds.ContentSequence[0].ContentSequence[0].TextValue
-    assert text == "Nodule in the right lower lobe. Patient (born) seen with Prof.."
+    assert text == "Nodule in the right lower lobe. Patient (born) seen with Prof.. agrees."
 
 
 def test_rt_and_seg_labels_are_cleaned():
@@ -206,6 +212,15 @@ def test_rt_and_seg_labels_are_cleaned():
     assert ds.SegmentSequence[0].SegmentLabel == "Liver"
     assert ds.SegmentSequence[0].SegmentDescription == "liver of J."
 
+
+
+def test_a_label_cleaned_to_nothing_gets_a_keyed_token():
+    """Profile research: a Type 1 label that was only the Study ID keeps a value (a keyed token)."""
+    ds = phi_ct()
+    ds.StudyID = "sep30"
+    ds.StructureSetLabel = "sep30"
+    label = deidentify(ds, "research").StructureSetLabel
+    assert label and label == Pseudonymizer(KEY).token("sep30")
 
 
 def test_rules_outside_the_table_are_generated_and_in_sync():

@@ -34,6 +34,7 @@ IDENTIFYING_ATTRIBUTES = {
     "PatientID": ID,
     "OtherPatientIDs": ID,
     "AccessionNumber": ID,
+    "StudyID": ID,
     "MedicalRecordLocator": ID,
     "PatientBirthDate": DATE,
     "PatientTelephoneNumbers": PHONE,
@@ -76,7 +77,7 @@ _LETTER_BEFORE = r"(?<![^\W\d_])"  # not after a letter: digits, "_" and punctua
 _LETTER_AFTER = r"(?![^\W\d_])"
 _ALNUM_BEFORE = r"(?<![^\W_])"
 _ALNUM_AFTER = r"(?![^\W_])"
-_ID_SEPARATOR = r"[ \-]?"
+_ID_SEPARATOR = r"[\s\-_./]?"
 _PHONE_SEPARATOR = r"[\s\-./()]*"
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 _CYRILLIC = re.compile(r"[\u0400-\u04ff]")
@@ -94,7 +95,7 @@ def _name_part(part: str) -> list[str]:
     a whole word (letters may not touch it; digits, ``_`` and punctuation may)."""
     if _CJK.search(part):
         return [re.escape(part)] if len(part) >= MIN_CJK_PART else []
-    if len(part) < MIN_NAME_PART or part.upper() in PLACEHOLDER_NAMES:
+    if len(part) < MIN_NAME_PART or part.upper() in PLACEHOLDER_NAMES or not re.search(r"[^\W\d_]", part):
         return []
     if _CYRILLIC.search(part):
         stem = part[:-1] if part[-1].lower() in _CYRILLIC_ENDINGS and len(part) > MIN_STEM else part
@@ -133,8 +134,8 @@ def _spaced(core: str, separators: str) -> str:
 
 
 def id_patterns(value: str) -> list[str]:
-    """Patterns for an identifier: whole, with spaces or dashes inside, without its letter
-    prefix or leading zeros."""
+    """Patterns for an identifier: whole, with or without spaces, dashes, underscores, dots or
+    slashes inside, without its letter prefix or leading zeros."""
     core = re.sub(r"[\W_]+", "", value)
     if len(core) < MIN_TEXT or (core.isdigit() and len(core) < MIN_DIGITS):
         return []

@@ -7,6 +7,7 @@ which keeps the cost close to pydicom's bare read and write.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from pydicom._uid_dict import UID_dictionary
@@ -19,7 +20,7 @@ from pydicom.tag import BaseTag, Tag
 
 from deid import __version__
 from deid.freetext.clean import clean_text, needs_cleaning
-from deid.freetext.variants import IDENTIFYING_ATTRIBUTES, variant_pattern
+from deid.freetext.variants import IDENTIFYING_ATTRIBUTES, NAME, variant_pattern
 from deid.header.actions import (
     BY_CODE,
     CLEAN,
@@ -60,6 +61,8 @@ REGISTRY_UID_KEYWORDS = frozenset(
 )
 #: Sequences whose items are SR content items (Clean Structured Content, E.3.4).
 CONTENT_SEQUENCES = frozenset({0x0040A730, 0x00400555, 0x00400610})
+_CONTENT_SEQUENCE = 0x0040A730
+_MAX_CONTENT_DEPTH = 64
 _IDENTIFYING_TAGS = tuple((Tag(keyword), kind) for keyword, kind in IDENTIFYING_ATTRIBUTES.items())
 _CLASS_UID_SUFFIX = "ClassUID"
 
@@ -118,7 +121,19 @@ def _identifying_pattern(ds: Dataset) -> re.Pattern[str] | None:
     for tag, kind in _IDENTIFYING_TAGS:
         if tag in ds:
             values.update((kind, text) for text in _texts(ds, tag) if text)
+    if _CONTENT_SEQUENCE in ds:  # a structured report: the names of its PNAME items (observers ...)
+        values.update((NAME, name) for name in _content_person_names(ds))
     return variant_pattern(values)
+
+
+def _content_person_names(ds: Dataset, depth: int = 0) -> Iterator[str]:
+    """Person Name values of the content items under ``ds``, at any depth."""
+    for item in ds.get("ContentSequence") or ():
+        name = str(item.get("PersonName", "") or "").strip()
+        if name:
+            yield name
+        if depth < _MAX_CONTENT_DEPTH:
+            yield from _content_person_names(item, depth + 1)
 
 
 def _texts(ds: Dataset, tag: int) -> list[str]:
@@ -230,7 +245,9 @@ class FileContext:
         if element.VM == 0:
             return False
         values = element.value if element.VM > 1 else [element.value]
-        cleaned = [clean_text(str(v), self.identifying) for v in values]
+        # a value cleaned to nothing gets a keyed token (as D), so a Type 1 label stays present
+        cleaned = [clean_text(str(v), self.identifying) or (self.pseudo.token(str(v)) if str(v).strip() else "")
+                   for v in values]
         if cleaned == [str(v).strip() for v in values]:
             return False
         element.value = cleaned if element.VM > 1 else cleaned[0]
