@@ -32,6 +32,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 from deid.freetext.variants import DATE, ID, NAME, PHONE, TEXT, variant_pattern
+from deid.header.engine import REGISTRY_UID_KEYWORDS
 from deid.header.profiles import Profile, ProfileError, load_profile
 from deid.release import MARKER_NAME, read_marker
 
@@ -160,13 +161,13 @@ def _forms(element: DataElement, keyword: str, text: str) -> list[tuple[str, str
     if vr in ("DA", "DT") and len(text) >= 8 and text[:8].isdigit():
         return [(text[:8], "date")]
     if vr == "UI":
-        if text in UID_dictionary or keyword.endswith("ClassUID") or len(text) < 8:
+        if text in UID_dictionary or keyword.endswith("ClassUID") or keyword in REGISTRY_UID_KEYWORDS or len(text) < 8:
             return []
         return [(text, "uid")]
     kind = TEXT_KINDS.get(keyword)
     if kind is None or len(text) < _MIN_LENGTH:
         return []
-    if kind in ("id", "accession") and len(text) < 5 and text.isdigit():
+    if kind in ("id", "accession", "device_serial") and len(text) < 5 and text.isdigit():
         return []
     return [(text, kind)]
 
