@@ -9,12 +9,12 @@ Every tool runs as one process on one core over the same corpus (make it with ma
 writing to tmpfs so the figures measure the tools, not the disk; one more row runs deid with its
 default worker count (every core), as a steward would. Rows alternate with the floor
 (A B A B ...) and each ratio is taken pair by pair, so drift in machine speed cancels out.
-``--baseline SRC`` (repeatable) adds a row for another source tree of deid (an earlier commit,
-e.g. from ``git archive``) run by the same interpreter, paired with the floor like the others, to compare
-a change before and after side by side. Each peer lives in its own virtual environment under ~/.cache/deid-bench (pydicom/deid installs
-an import package ``deid`` of its own). Peak memory is the child's maximum resident set size.
-The last column counts the DICOM files each tool wrote, so a tool that stops at the first input
-it cannot handle shows as such instead of as fast.
+``--baseline SRC`` (repeatable) adds a row for another source tree of deid (an earlier commit, e.g.
+from ``git archive``) run by the same interpreter, paired with the floor like the others, to compare
+a change before and after side by side. Each peer lives in its own virtual environment under
+~/.cache/deid-bench (pydicom/deid installs an import package ``deid`` of its own). Peak memory is
+the child's maximum resident set size. The last column counts the DICOM files each tool wrote, so a
+tool that stops at the first input it cannot handle shows as such instead of as fast.
 """
 
 from __future__ import annotations
