@@ -167,7 +167,7 @@ def _forms(element: DataElement, keyword: str, text: str) -> list[tuple[str, str
     kind = TEXT_KINDS.get(keyword)
     if kind is None or len(text) < _MIN_LENGTH:
         return []
-    if kind in ("id", "accession", "device_serial") and len(text) < 5 and text.isdigit():
+    if kind in ("id", "accession") and len(text) < 5 and text.isdigit():
         return []
     return [(text, kind)]
 
