@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset, FileDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.uid import (
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -72,10 +73,10 @@ def check_inflation(data: bytes, limit: int) -> None:
     fp = io.BytesIO(data)
     try:
         read_preamble(fp, False)
-        meta = _read_file_meta_info(fp)
-    except Exception:  # noqa: BLE001 - not a file with file meta: read_dataset decides
+        deflated = _read_file_meta_info(fp).get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
+    except Exception:  # noqa: BLE001 - no readable file meta: read_dataset decides
         return
-    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+    if not deflated:
         return
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     pending: bytes | memoryview = memoryview(data)[fp.tell() :]
@@ -127,14 +128,17 @@ def read_dataset(data: bytes) -> FileDataset | None:
     else:
         if any("End of file reached" in str(w.message) for w in caught):
             raise Quarantined("truncated file")
+        check_file_meta(ds)
         check_complete(ds, len(data))
         return ds
     try:  # no preamble: accept only if it parses as a data set with an SOP class
         ds = dcmread(io.BytesIO(data), force=True, defer_size=DEFER_SIZE)
-        if "SOPClassUID" in ds:
-            return ds
+        found = "SOPClassUID" in ds
     except Exception:  # noqa: BLE001
-        pass
+        found = False
+    if found:
+        check_file_meta(ds)
+        return ds
     if has_damaged_prefix(data):
         raise Quarantined("damaged DICOM prefix: no 'DICM' at byte 128, though file meta follows")
     return None
@@ -150,6 +154,21 @@ def has_damaged_prefix(data: bytes) -> bool:
     except Exception:  # noqa: BLE001
         return False
     return bool(ds.file_meta.get("MediaStorageSOPClassUID") or "SOPClassUID" in ds)
+
+
+def check_file_meta(ds: Dataset) -> None:
+    """Quarantine a file whose File Meta Information does not decode (a damaged VR or value), and
+    make its Transfer Syntax UID a UID whatever VR the file gave it."""
+    try:
+        list(ds.file_meta)  # decodes every element
+        syntax = ds.file_meta.get("TransferSyntaxUID")
+    except Exception:  # noqa: BLE001 - whatever pydicom raises, the meta is damaged
+        raise Quarantined("damaged file meta information") from None
+    if syntax is None:
+        return
+    if not isinstance(syntax, str):
+        raise Quarantined("damaged file meta information")
+    ds.file_meta.TransferSyntaxUID = UID(syntax)
 
 
 def check_complete(ds: Dataset, size: int) -> None:
@@ -220,6 +239,7 @@ __all__ = [
     "check_decoded_size",
     "has_damaged_prefix",
     "read_dataset",
+    "check_file_meta",
     "check_complete",
     "settle_transfer_syntax",
     "check_pixels",
