@@ -14,13 +14,15 @@ import gc
 import secrets
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 import structlog
 
 from deid import __version__, logs
-from deid.config import DP_PIX
+from deid.registry import DEFAULT_PIXELS, config_values, run_options, whole_image_choices
 
 EXIT_CONFIG = 3
 EXIT_SOFTWARE = 70
@@ -37,6 +39,23 @@ def _size(ctx: click.Context, param: click.Parameter, value: str) -> int:
         return parse_size(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+def _stage_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """The stages' own ``deid run`` options, as :mod:`deid.registry` declares them."""
+    kinds: dict[str, Any] = {"int": int, "float": float, "str": str}
+    for option in reversed(run_options()):
+        settings: dict[str, Any] = {"help": option.help}
+        if option.choices:
+            settings["type"] = click.Choice(option.choices)
+        elif option.kind == "path":
+            settings["type"] = click.Path(exists=True, dir_okay=False, path_type=Path)
+        else:
+            settings["type"] = kinds[option.kind]
+        if option.default is not None:
+            settings.update(default=option.default, show_default=True)
+        function = click.option(*option.flags, option.parameter, **settings)(function)
+    return function
 
 
 def _check_scheduler(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -81,23 +100,10 @@ def main() -> None:
               help="Run on Dask: a scheduler address (tcp://host:8786) or local:N for N local workers.")
 @click.option("--header-only", is_flag=True,
               help="Skip every pixel stage; objects that need pixel cleaning are quarantined.")
-@click.option("--text-mode", type=click.Choice(["all", "sensitive"]),
-              help="Burned-in text: blank all of it, or keep safe text (markers, units); "
-                   "default: sensitive for radiographs and CT/MR, all otherwise.")
-@click.option("--text-fill", type=click.Choice(["black", "background", "test"]), default="black", show_default=True,
-              help="What masked text becomes: black, the image's background value, or mid-grey (test: "
-                   "shows where masks fell; not for a release).")
-@click.option("--pixels", type=click.Choice(["deform", "dp-pix", "none"]), default="deform", show_default=True,
+@click.option("--pixels", type=click.Choice(whole_image_choices()), default=DEFAULT_PIXELS, show_default=True,
               help="Whole-image stage after the text stage, on frontal chest radiographs: the learned "
                    "deformation, DP-Pix, or none.")
-@click.option("--deform-model", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="ONNX deformation model, with its .json metadata beside it; default the shipped "
-                   "models/deform.onnx.")
-@click.option("--deform-rules", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Which objects --pixels changes (TOML like rules/pixel/deform.toml); default the shipped rules.")
-@click.option("--dp-pix-block", default=DP_PIX[0], show_default=True, help="DP-Pix cell side, in pixels.")
-@click.option("--dp-pix-epsilon", default=DP_PIX[1], show_default=True, help="DP-Pix privacy budget.")
-@click.option("--dp-pix-m", default=DP_PIX[2], show_default=True, help="DP-Pix neighbourhood (pixels that may differ).")
+@_stage_options
 @click.option("--max-object-size", default="2GiB", show_default=True, callback=_size, metavar="SIZE",
               help="The most one input may inflate or decode to (e.g. 512MiB); beyond it, it is "
                    "quarantined as a decompression bomb.")
@@ -129,14 +135,7 @@ def run(
     jobs: int | None,
     scheduler: str | None,
     header_only: bool,
-    text_mode: str | None,
-    text_fill: str,
     pixels: str,
-    deform_model: Path | None,
-    deform_rules: Path | None,
-    dp_pix_block: int,
-    dp_pix_epsilon: float,
-    dp_pix_m: float,
     max_object_size: int,
     audit_dir: Path | None,
     json_logs: bool | None,
@@ -146,6 +145,7 @@ def run(
     rebuild: bool,
     fail_on: str,
     dicomdir: bool,
+    **stage_values: Any,
 ) -> None:
     """De-identify every DICOM file under INPUT_DIR into OUTPUT_DIR."""
     from deid.header.profiles import ProfileError
@@ -161,10 +161,8 @@ def run(
     try:
         key = load_key(key_file, create=not dry_run)
         config = RunConfig(
-            profile, options, key or secrets.token_bytes(32), header_only, text_mode, text_fill,
-            pixels=pixels, deform_model=str(deform_model) if deform_model else None,
-            deform_rules=str(deform_rules) if deform_rules else None,
-            dp_pix=(dp_pix_block, dp_pix_epsilon, dp_pix_m), max_object_size=max_object_size,
+            profile, options, key or secrets.token_bytes(32), header_only=header_only, pixels=pixels,
+            max_object_size=max_object_size, **config_values(stage_values),
         )
         if dry_run:
             _describe(config, input_dir, key is not None)

@@ -1,7 +1,8 @@
 """The configuration of a run: what decides every output, and its fingerprint.
 
 Picklable and hashable, so that it travels to every worker; free of pydicom, so that the driver
-of a run with nothing to do stays light.
+of a run with nothing to do stays light. Which stage owns which field, and what of it counts in
+the fingerprint, is declared in :mod:`deid.registry`.
 """
 
 from __future__ import annotations
@@ -12,12 +13,9 @@ from pathlib import Path
 
 from deid import __version__
 from deid.pseudonyms import Pseudonymizer
-from deid.shipped import default_model, rules_dir
+from deid.registry import DEFAULT_PIXELS, DP_PIX, fingerprint_parts
+from deid.shipped import rules_dir
 
-#: Choices of the whole-image pixel stage (``deid run --pixels``).
-PIXEL_STAGES = ("deform", "dp-pix", "none")
-#: DP-Pix as PriCheXy-Net's baseline runs it: cell side, privacy budget, neighbourhood (pixels that differ).
-DP_PIX = (8, 0.1, 1.0)
 #: The most an input may inflate or decode to, by default: the largest real objects (breast
 #: tomosynthesis, enhanced multi-frame CT and MR of thousands of slices) decode to 0.5-2 GB, so
 #: an input beyond this is a decompression bomb, quarantined before it can take a worker's memory.
@@ -47,6 +45,10 @@ def parse_size(text: str) -> int:
 @dataclass(frozen=True)
 class RunConfig:
     """Everything a worker needs to process a file; picklable and hashable.
+
+    Besides the profile, key, ``header_only``, ``pixels`` and ``max_object_size``, the fields are
+    the stages' own: :data:`deid.registry.STAGES` names each stage's fields and the CLI options
+    that set them (a test keeps the two in step).
 
     Attributes
     ----------
@@ -82,7 +84,7 @@ class RunConfig:
     header_only: bool = False
     text_mode: str | None = None
     text_fill: str = "black"
-    pixels: str = "deform"
+    pixels: str = DEFAULT_PIXELS
     deform_model: str | None = None
     deform_rules: str | None = None
     dp_pix: tuple[int, float, float] = DP_PIX
@@ -91,10 +93,8 @@ class RunConfig:
     def fingerprint(self) -> str:
         """Hash of what decides the output: version, rules, options, stages, model, key (not revealed)."""
         digest = hashlib.sha256()
-        switches = "|".join(
-            (__version__, self.profile, ",".join(self.options), str(self.header_only), str(self.text_mode),
-             self.text_fill, self.pixels, ",".join(map(str, self.dp_pix)))
-        )
+        stage_switches, stage_files = fingerprint_parts(self)
+        switches = "|".join((__version__, self.profile, ",".join(self.options), str(self.header_only), *stage_switches))
         if self.max_object_size != MAX_OBJECT_SIZE:  # ledgers made with the default stay valid
             switches += f"|max_object_size={self.max_object_size}"
         digest.update(switches.encode())
@@ -102,15 +102,11 @@ class RunConfig:
             if path.suffix in (".toml", ".json"):
                 digest.update(path.read_bytes())
         site_files = [Path(self.profile)] if Path(self.profile).suffix == ".toml" else []
-        if self.deform_rules:
-            site_files.append(Path(self.deform_rules))
-        if self.pixels == "deform":
-            site_files.append(Path(self.deform_model) if self.deform_model else default_model())
-        for path in site_files:
+        for path in site_files + stage_files:
             if path.is_file():
                 digest.update(path.read_bytes())
         digest.update(Pseudonymizer(self.key).fingerprint().encode())
         return digest.hexdigest()[:16]
 
 
-__all__ = ["RunConfig", "PIXEL_STAGES", "DP_PIX", "MAX_OBJECT_SIZE", "parse_size"]
+__all__ = ["RunConfig", "MAX_OBJECT_SIZE", "parse_size"]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 from pydicom._uid_dict import UID_dictionary
+from pydicom.dataset import Dataset
 
 from deid.header.profiles import Profile
 from deid.stage import Item, Quarantined
@@ -58,21 +61,23 @@ class Gate:
     ----------
     profile
         The profile in force (Clean Structured Content decides whether SR content is handled).
-    pixel_cleaning
-        Whether a burned-in-text stage runs after the header stage.
+    refusals
+        What only stages that are not in force could make safe, each as ``(needs_stage, reason,
+        description)``: a predicate on the dataset, the quarantine reason, and what is refused
+        (:func:`deid.registry.refusals`).
     """
 
     name = "gate"
 
-    def __init__(self, profile: Profile, pixel_cleaning: bool) -> None:
+    def __init__(self, profile: Profile, refusals: Sequence[tuple[Callable[[Dataset], bool], str, str]] = ()) -> None:
         self.profile = profile
-        self.pixel_cleaning = pixel_cleaning
+        self.refusals = tuple(refusals)
 
     def describe(self) -> str:
+        refused = "".join(f", and {description}" for _, _, description in self.refusals)
         return (
             "quarantine encapsulated documents, unknown SOP classes, SR content without "
-            "Clean Structured Content, and images likely to carry burned-in text when no pixel "
-            "cleaning runs"
+            f"Clean Structured Content{refused}"
         )
 
     def __call__(self, item: Item) -> None:
@@ -86,7 +91,6 @@ class Gate:
             raise Quarantined("unknown or private SOP class: no rules know what it may hold")
         if "ContentSequence" in ds and not self.profile.has("clean_structured_content"):
             raise Quarantined("structured content: release it with --option clean_structured_content")
-        if not self.pixel_cleaning and may_carry_text(ds):
-            raise Quarantined(
-                "image may carry burned-in text and pixel cleaning is off (--header-only): run without it"
-            )
+        for needs_stage, reason, _ in self.refusals:
+            if needs_stage(ds):
+                raise Quarantined(reason)

@@ -12,12 +12,9 @@ from functools import lru_cache
 from pathlib import Path
 
 from deid.audit import FileResult
-from deid.config import PIXEL_STAGES, RunConfig
+from deid.config import RunConfig
 from deid.faults import EnvironmentFault
-from deid.gate import Gate
-from deid.header.engine import HeaderEngine
 from deid.header.profiles import Profile, load_profile
-from deid.header.stage import HeaderStage
 from deid.pseudonyms import Pseudonymizer
 from deid.reader import (
     check_decoded_size,
@@ -27,6 +24,7 @@ from deid.reader import (
     read_dataset,
     settle_transfer_syntax,
 )
+from deid.registry import BuildContext, build_stages
 from deid.review import preview_of
 from deid.stage import Item, Quarantined, Stage
 from deid.writer import output_relpath, replace_file_meta, write_atomic
@@ -43,43 +41,16 @@ class Worker:
 
 @lru_cache(maxsize=4)
 def worker_for(config: RunConfig) -> Worker:
-    """Build (once per process) the stages for ``config``."""
-    profile = load_profile(config.profile, config.options)
-    pseudo = Pseudonymizer(config.key)
-    stages: list[Stage] = [
-        Gate(profile, pixel_cleaning=not config.header_only),
-        HeaderStage(HeaderEngine(profile, pseudo)),
-    ]
-    if not config.header_only:
-        from deid.pixels.text import TextStage  # numpy, OpenCV and OCR only when pixels are cleaned
-
-        stages.append(TextStage(config.text_mode, config.text_fill))
-        stages += _whole_image_stages(config, pseudo)
-    return Worker(profile, pseudo, tuple(stages))
-
-
-def _whole_image_stages(config: RunConfig, pseudo: Pseudonymizer) -> list[Stage]:
-    """The stage ``config.pixels`` names (none for ``none``).
+    """Build (once per process) the stages for ``config`` (:func:`deid.registry.build_stages`).
 
     Raises
     ------
     ValueError
-        If ``pixels`` is unknown, or the stage cannot be built (model, rules, ONNX Runtime).
+        If a stage cannot be built (unknown ``--pixels``, a model, rules, ONNX Runtime).
     """
-    if config.pixels not in PIXEL_STAGES:
-        raise ValueError(f"unknown pixel stage {config.pixels!r}; choose from {', '.join(PIXEL_STAGES)}")
-    if config.pixels == "none":
-        return []
-    from deid.pixels.eligibility import load_eligibility
-
-    eligibility = load_eligibility(Path(config.deform_rules) if config.deform_rules else None)
-    if config.pixels == "deform":
-        from deid.pixels.deform import DeformStage
-
-        return [DeformStage(Path(config.deform_model) if config.deform_model else None, eligibility)]
-    from deid.pixels.dppix import DpPixStage
-
-    return [DpPixStage(pseudo, *config.dp_pix, eligibility=eligibility)]
+    profile = load_profile(config.profile, config.options)
+    pseudo = Pseudonymizer(config.key)
+    return Worker(profile, pseudo, build_stages(config, BuildContext(profile, pseudo)))
 
 
 def describe_object(ds) -> dict[str, object]:

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from deid.config import DP_PIX
 from deid.pixels.derive import WholeImageStage
 from deid.pixels.eligibility import Eligibility, load_eligibility
 from deid.pseudonyms import Pseudonymizer
+from deid.registry import DP_PIX
 from deid.stage import Item
 
 
