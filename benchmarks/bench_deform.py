@@ -26,7 +26,7 @@ from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian
 
 import record
 from deid.pixels.deform import DeformStage
-from deid.stage import Item
+from deid.stage import Instance
 
 SHARED_IMAGE = "cxr/fullres/covid__covid-19-pneumonia-35-1.jpg"
 
@@ -69,7 +69,7 @@ def measure(model: Path | None, count: int) -> tuple[float, float, str]:
     stage.session.run = timed
     totals = []
     for i in range(count + 1):
-        item = Item(radiograph(stored, i))
+        item = Instance(radiograph(stored, i))
         spent.append(0.0)
         start = time.perf_counter()
         stage(item)

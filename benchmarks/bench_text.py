@@ -27,7 +27,7 @@ from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian,
 import record
 from deid.pixels import ocr, small_text, text
 from deid.review import preview_of
-from deid.stage import Item
+from deid.stage import Instance
 
 #: Small lines (text, position, glyph size) that only the second read finds.
 SMALL_LINES = [
@@ -104,7 +104,7 @@ def measure_pairs(make, count: int, settings: tuple[bool, ...]) -> dict[bool, tu
         for i in range(count + 1):
             for setting in settings:
                 text.read_small_text = counted(second) if setting else (lambda picture, found: [])
-                item = Item(make(i))
+                item = Instance(make(i))
                 spent[0] = 0.0
                 start, cpu = time.perf_counter(), time.process_time()
                 stage(item)

@@ -8,7 +8,7 @@ from pydicom._uid_dict import UID_dictionary
 from pydicom.dataset import Dataset
 
 from deid.header.profiles import Profile
-from deid.stage import Item, Quarantined
+from deid.stage import Instance, Quarantined
 
 #: Encapsulated documents (PDF, CDA, STL, OBJ, MTL): their payload cannot be cleaned.
 ENCAPSULATED_DOCUMENTS = frozenset(
@@ -80,8 +80,8 @@ class Gate:
             f"Clean Structured Content{refused}"
         )
 
-    def __call__(self, item: Item) -> None:
-        ds = item.ds
+    def __call__(self, instance: Instance) -> None:
+        ds = instance.ds
         sop_class = str(ds.get("SOPClassUID", "") or getattr(ds.file_meta, "MediaStorageSOPClassUID", ""))
         if not sop_class or not ds.get("SOPInstanceUID"):
             raise Quarantined("missing SOP Class UID or SOP Instance UID")

@@ -26,7 +26,7 @@ from deid.reader import (
 )
 from deid.registry import BuildContext, build_stages
 from deid.review import preview_of
-from deid.stage import Item, Quarantined, Stage
+from deid.stage import Instance, Quarantined, Stage
 from deid.writer import output_relpath, replace_file_meta, write_atomic
 
 
@@ -120,11 +120,11 @@ def _take_to_end(
         settle_transfer_syntax(ds)
         check_decoded_size(ds, max_object_size)
         check_pixels(ds, len(data))
-        item = Item(ds)
+        instance = Instance(ds)
         for stage in worker.stages:
-            stage(item)
+            stage(instance)
         replace_file_meta(ds)
-        dst = output_relpath(item, worker.pseudo)
+        dst = output_relpath(instance, worker.pseudo)
         result.sha256 = write_atomic(ds, output_root, dst, data)
     except Quarantined as exc:
         result.reason = str(exc)
@@ -137,14 +137,14 @@ def _take_to_end(
     result.status = "written"
     result.dst = dst.as_posix()
     result.sop_class = str(ds.SOPClassUID)
-    result.stages = tuple(item.stages)
-    result.notes = "; ".join(item.notes)
+    result.stages = tuple(instance.stages)
+    result.notes = "; ".join(instance.notes)
     result.meta = describe_object(ds)
-    result.uid_pairs = item.uid_pairs
-    result.patient_pair = item.patient_pair
-    result.regions = tuple(item.regions)
-    result.pixels_changed = item.pixels_changed
-    result.preview = preview_of(item, result.dst, sample_rate)
+    result.uid_pairs = instance.header.uid_pairs if instance.header else {}
+    result.patient_pair = instance.header.patient_pair if instance.header else ("", "")
+    result.regions = tuple(instance.regions)
+    result.pixels_changed = instance.pixels_changed
+    result.preview = preview_of(instance, result.dst, sample_rate)
     return result
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from deid.stage import Item
+    from deid.stage import Instance
 
 #: Where the page lies in the audit folder, and its pictures.
 REVIEW_DIR = "review"
@@ -90,7 +90,7 @@ def sample_rate(files: int) -> float:
     return min(1.0, 2 * SAMPLE_SIZE / max(1, files))
 
 
-def preview_of(item: Item, dst: str, sample_rate: float) -> Preview | None:
+def preview_of(item: Instance, dst: str, sample_rate: float) -> Preview | None:
     """The pictures of ``item`` (written to ``dst``) for the review page, made in the worker: of
     every object whose pixels changed, and of a sample (:func:`sampled`) of those a pixel stage
     examined without a change. ``None`` otherwise, or if they cannot be made (the object is

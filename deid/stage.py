@@ -1,4 +1,4 @@
-"""The interface every pipeline stage shares: it takes an :class:`Item` and changes it in place.
+"""The interface every pipeline stage shares: it takes an :class:`Instance` and changes it in place.
 
 A stage that finds an object it cannot make safe raises :class:`Quarantined` with a reason;
 the pipeline then writes nothing for that object.
@@ -19,25 +19,40 @@ class Quarantined(Exception):
     """The object cannot be made safe; the message is the reason and holds no PHI."""
 
 
+@dataclass(frozen=True)
+class HeaderResult:
+    """What the header stage hands to the later stages and to the writer.
+
+    Attributes
+    ----------
+    uid_pairs
+        Original to new UIDs replaced in the object (for the crosswalk and the output path).
+    patient_pair
+        ``(original Patient ID, pseudonym)``.
+    identifying
+        The object's own identifying values as a pattern, taken before the header stage removed
+        them, for stages that look for them in pixels (``None``: the object had none).
+    """
+
+    uid_pairs: dict[str, str]
+    patient_pair: tuple[str, str]
+    identifying: re.Pattern[str] | None
+
+
 @dataclass
-class Item:
-    """One object on its way through the stages.
+class Instance:
+    """One SOP instance on its way through the stages.
 
     Attributes
     ----------
     ds
         The dataset, changed in place by the stages.
+    header
+        What the header stage found and replaced; ``None`` until it has run.
     stages
         Names of the stages that changed the object, in order.
-    uid_pairs
-        Original to new UIDs (filled by the header stage, for the crosswalk).
-    patient_pair
-        ``(original Patient ID, pseudonym)``.
     pixels_changed
         Whether a stage changed the pixel data.
-    identifying
-        The object's own identifying values as a pattern (set by the header stage, before it
-        removes them), for stages that look for them in pixels.
     notes
         What the stages want the manifest to say of the object (no PHI).
     regions
@@ -48,11 +63,9 @@ class Item:
     """
 
     ds: FileDataset
+    header: HeaderResult | None = None
     stages: list[str] = field(default_factory=list)
-    uid_pairs: dict[str, str] = field(default_factory=dict)
-    patient_pair: tuple[str, str] = ("", "")
     pixels_changed: bool = False
-    identifying: re.Pattern[str] | None = None
     notes: list[str] = field(default_factory=list)
     regions: list[Region] = field(default_factory=list)
     before: Any = None
@@ -77,8 +90,8 @@ class Stage(Protocol):
 
     name: str
 
-    def __call__(self, item: Item) -> None:
-        """Change ``item`` in place, or raise :class:`Quarantined`."""
+    def __call__(self, instance: Instance, /) -> None:
+        """Change ``instance`` in place, or raise :class:`Quarantined`."""
 
     def describe(self) -> str:
         """One line on what the stage does, for ``deid run --dry-run`` and the docs."""

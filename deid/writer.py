@@ -18,7 +18,7 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 from deid import __version__
 from deid.pseudonyms import Pseudonymizer
 from deid.reader import stored_length
-from deid.stage import Item
+from deid.stage import Instance
 from deid.staging import write_staged
 
 #: Implementation Class UID of deid (a 2.25 UUID-derived root).
@@ -26,17 +26,24 @@ IMPLEMENTATION_CLASS_UID = UID("2.25.264350963127412779040394316718357813137")
 IMPLEMENTATION_VERSION_NAME = f"DEID_{__version__}"[:16]
 
 
-def output_relpath(item: Item, pseudo: Pseudonymizer) -> Path:
+def output_relpath(instance: Instance, pseudo: Pseudonymizer) -> Path:
     """``patient/study/series/instance.dcm``, built only from pseudonyms and new UIDs.
 
     A value the profile kept (a site rule keeping Patient ID, Retain UIDs) never names a path:
     it is replaced there by a keyed token.
+
+    Raises
+    ------
+    ValueError
+        If the header stage has not run on ``instance``.
     """
-    ds = item.ds
+    if instance.header is None:
+        raise ValueError("the header stage has not run: no pseudonymous path")
+    ds = instance.ds
     patient = str(ds.get("PatientID", "") or "")
-    if not patient or patient != item.patient_pair[1]:
+    if not patient or patient != instance.header.patient_pair[1]:
         patient = pseudo.token(f"path:{patient}")
-    new_uids = set(item.uid_pairs.values())
+    new_uids = set(instance.header.uid_pairs.values())
 
     def component(uid: str) -> str:
         return uid if uid in new_uids else pseudo.uid(f"path:{uid}")

@@ -14,7 +14,7 @@ from deid.config import RunConfig
 from deid.header.profiles import load_profile
 from deid.pseudonyms import Pseudonymizer
 from deid.registry import STAGES, BuildContext, Option, StageSpec, build_stages, config_values, run_options
-from deid.stage import Item, Quarantined
+from deid.stage import Instance, Quarantined
 
 #: The run-level fields; every other RunConfig field belongs to a stage.
 CORE_FIELDS = {"profile", "options", "key", "header_only", "pixels", "max_object_size"}
@@ -62,9 +62,9 @@ def test_gate_refuses_only_what_a_stage_not_in_force_would_handle():
     header_only = RunConfig("basic", (), KEY, header_only=True)
     gate = build_stages(header_only, context(header_only))[0]
     with pytest.raises(Quarantined, match="burned-in text"):
-        gate(Item(ds))
+        gate(Instance(ds))
     with_text = RunConfig("basic", (), KEY, pixels="none")
-    build_stages(with_text, context(with_text))[0](Item(ds))  # the text stage will handle it
+    build_stages(with_text, context(with_text))[0](Instance(ds))  # the text stage will handle it
 
 
 def test_a_new_stage_is_one_entry(monkeypatch):
@@ -74,7 +74,7 @@ def test_a_new_stage_is_one_entry(monkeypatch):
         def describe(self) -> str:
             return "stamp"
 
-        def __call__(self, item: Item) -> None:
+        def __call__(self, item: Instance) -> None:
             item.stages.append(self.name)
 
     spec = StageSpec("stamp", "a test stage", lambda config, context: Stamp(), pixel=True,

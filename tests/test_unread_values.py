@@ -24,7 +24,7 @@ from deid.header.profiles import load_profile
 from deid.header.stage import HeaderStage
 from deid.pixels.unused_bits import unused_bits_set
 from deid.pseudonyms import Pseudonymizer
-from deid.stage import Item
+from deid.stage import Instance
 
 SYNTAXES = {
     "implicit-LE": ImplicitVRLittleEndian,
@@ -50,7 +50,7 @@ def encoded(ds: Dataset, syntax: str) -> bytes:
 def deidentified(data: bytes, profile: str, options: tuple[str, ...] = ()) -> bytes:
     """The file ``data`` read as ``deid run`` reads it, through the header stage, written out."""
     ds = dcmread(io.BytesIO(data))
-    HeaderStage(HeaderEngine(load_profile(profile, options), Pseudonymizer(KEY)))(Item(ds))
+    HeaderStage(HeaderEngine(load_profile(profile, options), Pseudonymizer(KEY)))(Instance(ds))
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()

@@ -12,7 +12,7 @@ from conftest import KEY
 from deid.pipeline import RunConfig
 from deid.process import worker_for
 from deid.reader import read_dataset, settle_transfer_syntax
-from deid.stage import Item, Quarantined
+from deid.stage import Instance, Quarantined
 from deid.writer import _encode, output_relpath, replace_file_meta
 
 
@@ -29,7 +29,7 @@ def test_spliced_bytes_equal_pydicoms_on_the_whole_corpus(shared: Path):
             if ds is None:
                 continue
             settle_transfer_syntax(ds)
-            item = Item(ds)
+            item = Instance(ds)
             for stage in worker.stages:
                 stage(item)
         except Quarantined:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from deid.header.engine import HeaderEngine
 from deid.pixels.unused_bits import clear_unused_bits
-from deid.stage import Item
+from deid.stage import HeaderResult, Instance
 
 
 class HeaderStage:
-    """Apply a :class:`HeaderEngine` to each item and record its pseudonyms.
+    """Apply a :class:`HeaderEngine` to each instance and hand on what it replaced (:class:`HeaderResult`).
 
     Parameters
     ----------
@@ -26,12 +26,12 @@ class HeaderStage:
         options = ", ".join(profile.options) or "no options"
         return f"apply profile {profile.name!r} ({options}) to every attribute at every depth"
 
-    def __call__(self, item: Item) -> None:
-        ctx = self.engine.apply(item.ds)
-        if clear_unused_bits(item.ds):  # overlays are always removed, old-style ones included
-            item.notes.append("pixel bits above High Bit cleared (old-style overlay)")
-            item.pixels_changed = True
-        item.uid_pairs.update(ctx.uid_pairs)
-        item.patient_pair = (ctx.original_patient_id, ctx.patient_pseudonym)
-        item.identifying = ctx.identifying
-        item.stages.append(self.name)
+    def __call__(self, instance: Instance) -> None:
+        ctx = self.engine.apply(instance.ds)
+        if clear_unused_bits(instance.ds):  # overlays are always removed, old-style ones included
+            instance.notes.append("pixel bits above High Bit cleared (old-style overlay)")
+            instance.pixels_changed = True
+        instance.header = HeaderResult(
+            dict(ctx.uid_pairs), (ctx.original_patient_id, ctx.patient_pseudonym), ctx.identifying
+        )
+        instance.stages.append(self.name)

@@ -21,7 +21,7 @@ import numpy as np
 from deid.pixels.derive import WholeImageStage
 from deid.pixels.eligibility import Eligibility, load_eligibility
 from deid.shipped import default_model
-from deid.stage import Item
+from deid.stage import Instance
 
 INPUT, OUTPUT = "image", "warped"
 #: Keys the metadata file must hold.
@@ -132,7 +132,7 @@ class DeformStage(WholeImageStage):
             f"{self.model.name} (mu={self.model.mu:g}, on {self.provider}); re-encode losslessly"
         )
 
-    def transform(self, image: np.ndarray, item: Item) -> np.ndarray:
+    def transform(self, image: np.ndarray, item: Instance) -> np.ndarray:
         return self.session.run([OUTPUT], {INPUT: image[np.newaxis, np.newaxis]})[0][0, 0]
 
     def derivation(self) -> str:

@@ -14,7 +14,7 @@ from deid.pixels.codecs import pixel_array
 from deid.pixels.eligibility import Eligibility
 from deid.pixels.encode import write_pixels
 from deid.pixels.text import claim_clean_pixel_data
-from deid.stage import Item, Quarantined
+from deid.stage import Instance, Quarantined
 
 #: CID 7203 Image Derivation: the image is resampled on a new grid (a warp, or cells).
 SPATIAL_RESAMPLING = ("113085", "DCM", "Spatial resampling")
@@ -86,7 +86,7 @@ class WholeImageStage:
     def __init__(self, eligibility: Eligibility) -> None:
         self.eligibility = eligibility
 
-    def transform(self, image: np.ndarray, item: Item) -> np.ndarray:
+    def transform(self, image: np.ndarray, item: Instance) -> np.ndarray:
         """The new image: ``image`` is float32 (rows, columns) in [0, 1], MONOCHROME2."""
         raise NotImplementedError
 
@@ -98,7 +98,7 @@ class WholeImageStage:
         """What the manifest says of a changed object (no PHI)."""
         raise NotImplementedError
 
-    def __call__(self, item: Item) -> None:
+    def __call__(self, item: Instance) -> None:
         ds = item.ds
         if not self.eligibility.matches(ds):
             return

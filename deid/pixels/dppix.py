@@ -10,7 +10,7 @@ from deid.pixels.derive import WholeImageStage
 from deid.pixels.eligibility import Eligibility, load_eligibility
 from deid.pseudonyms import Pseudonymizer
 from deid.registry import DP_PIX
-from deid.stage import Item
+from deid.stage import Instance
 
 
 def dp_pix(image01: np.ndarray, block: int, epsilon: float, m: float, rng: np.random.Generator) -> np.ndarray:
@@ -99,7 +99,7 @@ class DpPixStage(WholeImageStage):
             f"{self.eligibility.describe()} radiographs; re-encode losslessly"
         )
 
-    def transform(self, image: np.ndarray, item: Item) -> np.ndarray:
+    def transform(self, image: np.ndarray, item: Instance) -> np.ndarray:
         seed = self.pseudo.digest("dp-pix", str(item.ds.SOPInstanceUID))
         return dp_pix(image, self.block, self.epsilon, self.m, np.random.default_rng(int.from_bytes(seed, "big")))
 

@@ -24,7 +24,7 @@ from deid.pixels.regions import Box, RegionRules, load_region_rules
 from deid.pixels.render import fill_value, frames_of, to_display
 from deid.pixels.small_text import read_small_text
 from deid.review import Region
-from deid.stage import Item, Quarantined
+from deid.stage import Instance, Quarantined
 
 #: Modalities whose text is kept in ``sensitive`` mode when it is safe (markers, positioning):
 #: radiographs and cross-sectional images, where L/R markers matter to readers. Everything else
@@ -99,7 +99,7 @@ class TextStage:
             return self.mode
         return "sensitive" if str(ds.get("Modality", "")) in SENSITIVE_BY_DEFAULT else "all"
 
-    def __call__(self, item: Item) -> None:
+    def __call__(self, item: Instance) -> None:
         ds = item.ds
         if "PixelData" not in ds or not may_carry_text(ds):
             return
@@ -128,12 +128,13 @@ class TextStage:
         item.notes.append(f"text regions {counts}; {encoding}")
         item.changed_pixels(self.name, frames[0], cleaned[0])
 
-    def _read(self, frames: np.ndarray, ds: Dataset, known: list[Box], item: Item) -> list[Region]:
+    def _read(self, frames: np.ndarray, ds: Dataset, known: list[Box], item: Instance) -> list[Region]:
         """OCR the frame (or the min and max over frames) with the known regions blanked, and read
         small text again at full resolution; every line read, masked unless ``sensitive`` mode
         keeps it."""
         pictures = [frames[0]] if len(frames) == 1 else [frames.min(axis=0), frames.max(axis=0)]
         mode = self.mode_for(ds)
+        identifying = item.header.identifying if item.header else None
         lines: dict[Box, Region] = {}
         for stored in pictures:
             picture = to_display(stored, ds)
@@ -141,7 +142,7 @@ class TextStage:
                 picture[y : y + height, x : x + width] = 0
             first = read_text(picture)
             for line in first + read_small_text(picture, first):
-                masked = mode == "all" or not line_is_safe(line.text, item.identifying)
+                masked = mode == "all" or not line_is_safe(line.text, identifying)
                 if line.box not in lines or masked:
                     lines[line.box] = Region("ocr", line.box, line.text, masked)
         return list(lines.values())
