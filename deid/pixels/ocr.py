@@ -4,7 +4,9 @@ its wheel) on onnxruntime, one engine per worker process."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -63,15 +65,20 @@ def read_text(picture: np.ndarray) -> list[TextLine]:
         if scale < 1.0
         else picture
     )
-    result = engine()(small)
-    if result.boxes is None:
-        return []
     lines = []
-    for points, text, score in zip(result.boxes, result.txts, result.scores, strict=True):
-        if score < MIN_SCORE:
-            continue
-        xs, ys = np.asarray(points)[:, 0] / scale, np.asarray(points)[:, 1] / scale
+    for xs, ys, text, score in accepted(engine()(small), scale):
         x0, y0 = max(0, int(xs.min()) - PAD), max(0, int(ys.min()) - PAD)
         x1, y1 = min(columns, int(np.ceil(xs.max())) + PAD), min(rows, int(np.ceil(ys.max())) + PAD)
-        lines.append(TextLine((x0, y0, x1 - x0, y1 - y0), str(text), float(score)))
+        lines.append(TextLine((x0, y0, x1 - x0, y1 - y0), text, score))
     return lines
+
+
+def accepted(result: Any, scale: float) -> Iterator[tuple[np.ndarray, np.ndarray, str, float]]:
+    """The lines of a RapidOCR result that the recogniser accepts (score at least
+    :data:`MIN_SCORE`): the x and y of their corners divided by ``scale``, their text and score."""
+    if result.boxes is None:
+        return
+    for points, text, score in zip(result.boxes, result.txts, result.scores, strict=True):
+        if score >= MIN_SCORE:
+            corners = np.asarray(points)
+            yield corners[:, 0] / scale, corners[:, 1] / scale, str(text), float(score)

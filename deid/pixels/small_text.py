@@ -16,7 +16,7 @@ import threading
 
 import numpy as np
 
-from deid.pixels.ocr import MIN_SCORE, PAD, READ_SIDE, TextLine, engine
+from deid.pixels.ocr import PAD, READ_SIDE, TextLine, accepted, engine
 from deid.pixels.regions import Box
 
 #: Pictures whose long side is at least this get the second read (the first shrank them 1.5x or more).
@@ -148,13 +148,8 @@ def read_small_text(picture: np.ndarray, first: list[TextLine]) -> list[TextLine
             result = ocr(large)
         finally:
             detector.limit_type, detector.limit_side_len = saved
-    if result.boxes is None:
-        return []
     lines = []
-    for points, text, score in zip(result.boxes, result.txts, result.scores, strict=True):
-        if score < MIN_SCORE:
-            continue
-        xs, ys = np.asarray(points)[:, 0] / ENLARGE, np.asarray(points)[:, 1] / ENLARGE
+    for xs, ys, text, score in accepted(result, ENLARGE):
         centre_x, centre_y = xs.mean(), ys.mean()
         for (x, y, width, height), left, top in placed:
             if left <= centre_x < left + width and top <= centre_y < top + height:
@@ -164,6 +159,6 @@ def read_small_text(picture: np.ndarray, first: list[TextLine]) -> list[TextLine
                 x1 = min(x + width, int(np.ceil(xs.max())) - left + x) + PAD
                 y1 = min(y + height, int(np.ceil(ys.max())) - top + y) + PAD
                 x0, y0, x1, y1 = max(0, x0), max(0, y0), min(columns, x1), min(rows, y1)
-                lines.append(TextLine((x0, y0, x1 - x0, y1 - y0), str(text), float(score)))
+                lines.append(TextLine((x0, y0, x1 - x0, y1 - y0), text, score))
                 break
     return lines
