@@ -62,6 +62,17 @@ def _native_samples(ds: Dataset):
     return np.frombuffer(data, f"{order}u{size}", count=len(data) // size), data, layout
 
 
+def _any_set(values, allocated: int, stored: int, low: int, signed: bool) -> bool:
+    """Whether some sample differs from its :func:`normalised` form (by its extremes when the
+    stored bits start at bit 0: one pass, no copy)."""
+    if low:
+        return bool((normalised(values, allocated, stored, low, signed) != values).any())
+    if not signed:
+        return int(values.max()) >= 1 << stored
+    as_signed = values.view(values.dtype.str.replace("u", "i"))
+    return int(as_signed.min()) < -(1 << (stored - 1)) or int(as_signed.max()) >= 1 << (stored - 1)
+
+
 def clear_unused_bits(ds: Dataset) -> bool:
     """Clear the bits outside the stored range of native pixel data in place.
 
@@ -74,9 +85,9 @@ def clear_unused_bits(ds: Dataset) -> bool:
     if found is None:
         return False
     values, data, layout = found
-    cleaned = normalised(values, *layout)
-    if (cleaned == values).all():
+    if not values.size or not _any_set(values, *layout):
         return False
+    cleaned = normalised(values, *layout)
     ds.PixelData = cleaned.astype(values.dtype).tobytes() + data[cleaned.nbytes :]  # in the file's byte order
     return True
 
