@@ -299,3 +299,13 @@ def test_basic_still_removes_the_age():
     ds = make_ct()
     ds.PatientAge = "093Y"
     assert "PatientAge" not in dcmread(io.BytesIO(deidentified(encoded(ds, "explicit-LE"), "basic")))
+
+
+@pytest.mark.parametrize("syntax", SYNTAXES)
+def test_private_text_of_unknown_vr_loses_other_peoples_names_and_numbers(tmp_path: Path, syntax: str):
+    """Site rule keeping ACME PRIVATE: free-text cleaning, not only the object's own values."""
+    content = Dataset()
+    private_block(content, 0x0031, "ACME PRIVATE", 0x10, b"reviewed by Dr. Alice Walker, phone +1 617 555 0143", "UN")
+    out = deidentified(encoded(with_nested(make_ct(), content, 1), syntax), site_profile(tmp_path))
+    assert b"reviewed by" in out
+    assert b"Walker" not in out and b"555 0143" not in out

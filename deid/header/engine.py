@@ -255,16 +255,17 @@ class FileContext:
         return True
 
     def redact_bytes(self, ds: Dataset, tag: BaseTag) -> bool:
-        """Remove the object's identifying values from a value of unknown VR that reads as text."""
+        """Clean a value of unknown VR that reads as text as :meth:`redact_text` cleans text; it
+        stays UN."""
         value = ds[tag].value
-        if self.identifying is None or not isinstance(value, bytes) or not looks_like_text(value):
+        if not isinstance(value, bytes) or not looks_like_text(value):
             return False
         encodings = ds._character_set
         encodings = [encodings] if isinstance(encodings, str) else list(encodings)
         text = decode_bytes(value, encodings, set())
-        cleaned = self.identifying.sub("", text)
-        if cleaned == text:
+        if not needs_cleaning(text, self.identifying):
             return False
+        cleaned = clean_text(text, self.identifying)
         encoded = encode_string(cleaned, encodings)
         ds[tag] = DataElement(tag, "UN", encoded + b" " * (len(encoded) % 2))
         self.text_redacted += 1
