@@ -3,6 +3,8 @@ leaves (written by hand here), and finds nothing in what `deid run` writes (prof
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -113,3 +115,17 @@ def test_ocr_finds_nothing_in_what_the_text_stage_cleaned(tmp_path: Path):
     report = verify(tmp_path / "out", tmp_path / "in", ocr=True)
     assert report.leaks == [], [(g.kind, g.value, g.places) for g in report.leaks]
     assert report.checked["release pictures read by OCR"] == 1
+
+
+def test_verify_prints_no_warning_that_quotes_a_value(tmp_path: Path):
+    """pydicom warns about invalid values by quoting them; verify must not pass them on."""
+    ds = make_ct()
+    ds.ReferencedSOPInstanceUID = "DOE.JOHN.MRN445566"  # an invalid UI holding PHI
+    write(ds, tmp_path / "in" / "a.dcm")
+    write(make_ct(), tmp_path / "out" / "b.dcm")
+    result = subprocess.run(
+        [sys.executable, "-m", "deid.cli", "verify", str(tmp_path / "out"), "--against", str(tmp_path / "in")],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 1  # the copy leaks, and says so without values
+    assert "DOE.JOHN" not in result.stdout + result.stderr and "MRN445566" not in result.stdout + result.stderr
