@@ -50,6 +50,23 @@ _DATE_POLICIES = {
 }
 
 
+def own_reports() -> dict[str, frozenset[bytes]]:
+    """The files deid writes into a release from fixed text (the marker, this description, the
+    manifest and the series list), each with the upper-cased words of that fixed text: its
+    template or code, column names, keys. ``deid verify`` does not take a name word found in one
+    of them for a leak when it is one of those words (a patient called "Modality" and the
+    manifest's ``modality`` column); the objects themselves are searched without exception."""
+    from deid.audit import MANIFEST_COLUMNS, MANIFEST_NAME, SERIES_COLUMNS, SERIES_NAME
+    from deid.release import MARKER_NAME
+
+    here = Path(__file__).parent
+    fixed = [here / "templates" / f"{DESCRIPTION_NAME}.j2", here / "description.py", here / "release.py"]
+    text = b" ".join(path.read_bytes() for path in fixed)
+    text += " ".join(MANIFEST_COLUMNS + SERIES_COLUMNS).encode()
+    words = frozenset(word.upper() for word in re.findall(rb"[0-9A-Za-z]+", text))
+    return dict.fromkeys((MARKER_NAME, DESCRIPTION_NAME, MANIFEST_NAME, SERIES_NAME), words)
+
+
 def rules_edition() -> str:
     """The PS3.15 edition the shipped rules were generated from (``2026c``), from their header."""
     with (rules_dir() / "basic.toml").open() as handle:
@@ -196,4 +213,4 @@ def _pixel_lines(pixels: dict[str, Any], written: list[tuple]) -> list[str]:
     return lines
 
 
-__all__ = ["DESCRIPTION_NAME", "write_description", "rules_edition", "CODE_EFFECTS"]
+__all__ = ["DESCRIPTION_NAME", "write_description", "rules_edition", "own_reports", "CODE_EFFECTS"]

@@ -315,10 +315,16 @@ def find_leaks(
     """
     origins = origins or {}
     index = IdentifierIndex(identifiers)
+    own_reports = _own_reports()
     leaks: set[Leak] = set()
 
     def scan(data: bytes, where: str, how: str) -> None:
-        leaks.update(Leak(identifier, where, how) for identifier in index.found_in(data, origins.get(where)))
+        fixed_words = own_reports.get(where, frozenset())  # deid's own words in its reports
+        leaks.update(
+            Leak(identifier, where, how)
+            for identifier in index.found_in(data, origins.get(where))
+            if identifier.kind not in _CASELESS_KINDS or _key(identifier) not in fixed_words
+        )
 
     for path in sorted(output_dir.rglob("*")):
         relative = path.relative_to(output_dir).as_posix()
@@ -326,6 +332,12 @@ def find_leaks(
         if path.is_file():
             scan(_searchable_bytes(path), relative, "bytes")
     return sorted(leaks, key=lambda leak: (leak.where, leak.identifier.kind, leak.identifier.source))
+
+
+def _own_reports() -> dict[str, frozenset[bytes]]:
+    from deid.description import own_reports
+
+    return own_reports()
 
 
 def _searchable_bytes(path: Path) -> bytes:

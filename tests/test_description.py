@@ -66,3 +66,17 @@ def test_incremental_runs_keep_the_release_files_exact(tmp_path: Path):
     run(config, tmp_path / "all", tmp_path / "fresh", jobs=1)
     for name in RELEASE_FILES:
         assert (tmp_path / "nightly" / name).read_text() == (tmp_path / "fresh" / name).read_text(), name
+
+
+def test_a_name_that_is_a_word_of_the_reports_is_no_leak_there_but_is_in_the_objects(tmp_path: Path):
+    from conftest import make_ct, write
+    from deid.verify import verify
+
+    ds = make_ct(patient_name="MODALITY^SERIES", sop_uid="1.2.826.0.1.3680043.8.498.91")
+    write(ds, tmp_path / "in" / "a.dcm")
+    run(RunConfig("basic", (), KEY), tmp_path / "in", tmp_path / "out", jobs=1)
+    assert "modality" in (tmp_path / "out" / "manifest.csv").read_text()
+    assert verify(tmp_path / "out", tmp_path / "in").exit_code == 0
+    (tmp_path / "out" / "planted.txt").write_text("report for Modality")
+    leaks = verify(tmp_path / "out", tmp_path / "in").leaks
+    assert [place for group in leaks for place, _ in group.places] == ["planted.txt"]
