@@ -22,7 +22,8 @@ import click
 import structlog
 
 from deid import __version__, logs
-from deid.registry import DEFAULT_PIXELS, config_values, run_options, whole_image_choices
+from deid.registry import config_values, run_options, whole_image_choices
+from deid.shipped import default_model, default_pixels, model_privacy, privacy_summary
 
 EXIT_CONFIG = 3
 EXIT_SOFTWARE = 70
@@ -100,7 +101,8 @@ def main() -> None:
               help="Run on Dask: a scheduler address (tcp://host:8786) or local:N for N local workers.")
 @click.option("--header-only", is_flag=True,
               help="Skip every pixel stage; objects that need pixel cleaning are quarantined.")
-@click.option("--pixels", type=click.Choice(whole_image_choices()), default=DEFAULT_PIXELS, show_default=True,
+@click.option("--pixels", type=click.Choice(whole_image_choices()), default=lambda: default_pixels(),
+              show_default="deform when the shipped model's card shows a measured privacy gain, else none",
               help="Whole-image stage after the text stage, on frontal chest radiographs: the learned "
                    "deformation, DP-Pix, or none.")
 @_stage_options
@@ -164,6 +166,8 @@ def run(
             profile, options, key or secrets.token_bytes(32), header_only=header_only, pixels=pixels,
             max_object_size=max_object_size, **config_values(stage_values),
         )
+        if config.pixels == "deform" and not config.header_only:
+            _warn_unmeasured(Path(config.deform_model) if config.deform_model else default_model(), log)
         if dry_run:
             _describe(config, input_dir, key is not None)
             return
@@ -220,6 +224,16 @@ def unexpected(exc: BaseException, detail: bool) -> dict[str, str]:
     if detail:
         event["reason"] = str(exc)
     return event
+
+
+def _warn_unmeasured(model: Path, log) -> None:
+    """One warning line when ``model``'s metadata records no privacy gain that met its card's bar."""
+    privacy = model_privacy(model)
+    if privacy is None or privacy.get("milestone") is not True:
+        card = privacy["card"] if privacy else "models/deform.md"
+        log.warning("the deformation model has no measured privacy gain on record; it changes the pixels "
+                    f"without measured protection against re-identification (see {card})",
+                    model=model.name, measured=privacy_summary(privacy))
 
 
 def _describe(config, input_dir: Path, have_key: bool) -> None:
@@ -353,6 +367,12 @@ def _train_module():
     return commands
 
 
+def _device_option(function):
+    return click.option("--device", default="cpu", show_default=True,
+                        help="Where the networks run and the splits are held: cpu, cuda, cuda:N "
+                             "(mixed precision on a GPU).")(function)
+
+
 @main.group()
 def model() -> None:
     """Train, evaluate and export the deformation generator (needs the train extra)."""
@@ -361,47 +381,84 @@ def model() -> None:
 @model.command("train")
 @_shared_option
 @_work_option
-@click.option("--preset", default="cpu", show_default=True, type=click.Choice(["paper", "cpu"]))
+@click.option("--preset", default="cpu", show_default=True, type=click.Choice(["paper", "cpu", "toy"]))
+@_device_option
+@click.option("--objective", default="linkage", show_default=True, type=click.Choice(["linkage", "prichexy"]),
+              help="linkage: against the fixed linkage attacks, utility held by the classifier; prichexy: "
+                   "PriCheXy-Net's live siamese attacker and classifier.")
 @click.option("--mu", default=0.01, show_default=True, help="Deformation degree (normalised units).")
+@click.option("--intensity", default=0.0, show_default=True,
+              help="Largest smooth grey-level change learned alongside the warp (linkage only).")
 @click.option("--light", is_flag=True, help="The lighter generator (half the channels, a quarter of the FLOPs).")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--epochs", type=int, help="Adversarial epochs (default: the preset's).")
+@click.option("--epochs", type=int, help="Epochs (prichexy: adversarial epochs, default the preset's; linkage: "
+                                         "epochs of --epoch-steps steps, default 30).")
+@click.option("--epoch-steps", default=40, show_default=True, help="Generator steps per epoch (linkage).")
+@click.option("--utility-weight", default=10.0, show_default=True, help="Weight of the classifier term (linkage).")
+@click.option("--lr", default=1e-2, show_default=True, help="Generator learning rate (linkage).")
+@click.option("--budget-minutes", type=float,
+              help="Stop after the epoch in which training time passes this (linkage).")
 @click.option("--keep-last", is_flag=True,
-              help="Keep the last adversarial epoch, not the one with the lowest validation loss.")
-def model_train(shared: Path, work: Path, preset: str, mu: float, light: bool, seed: int, epochs: int | None,
-                keep_last: bool) -> None:
-    """Train a generator on the train split (pre-training, then against the live critics)."""
-    click.echo(_train_module().train(shared, work, preset, mu, light, seed, epochs, keep_last))
+              help="Keep the last adversarial epoch, not the one with the lowest validation loss (prichexy).")
+def model_train(shared: Path, work: Path, preset: str, device: str, objective: str, mu: float, intensity: float,
+                light: bool, seed: int, epochs: int | None, epoch_steps: int, utility_weight: float, lr: float,
+                budget_minutes: float | None, keep_last: bool) -> None:
+    """Train a generator on the train split; a linkage run resumes from its checkpoint in WORK."""
+    commands = _train_module()
+    commands.use_device(device)
+    if objective == "prichexy":
+        click.echo(commands.train(shared, work, preset, mu, light, seed, epochs, keep_last))
+    else:
+        click.echo(commands.train_linkage(shared, work, preset, mu, intensity, light, seed, epochs or 30,
+                                          epoch_steps, utility_weight, lr, budget_minutes))
 
 
 @model.command("evaluate")
 @_shared_option
 @_work_option
-@click.option("--preset", default="cpu", show_default=True, type=click.Choice(["paper", "cpu"]))
-@click.option("--runs", default=3, show_default=True, help="Fresh attackers to train.")
+@click.option("--preset", default="cpu", show_default=True, type=click.Choice(["paper", "cpu", "toy"]))
+@_device_option
+@click.option("--runs", default=3, show_default=True, help="Fresh learned attackers to train.")
 @click.option("--dp-block", default=4, show_default=True, help="DP-Pix cell side, in pixels at the preset size.")
 @click.option("--dp-epsilon", default=0.1, show_default=True)
 @click.argument("anonymizer")
-def model_evaluate(shared: Path, work: Path, preset: str, runs: int, dp_block: int, dp_epsilon: float,
+def model_evaluate(shared: Path, work: Path, preset: str, device: str, runs: int, dp_block: int, dp_epsilon: float,
                    anonymizer: str) -> None:
-    """Measure ANONYMIZER (real, dp-pix, or a generator checkpoint) on the test split."""
-    click.echo(_train_module().evaluate(shared, work, preset, anonymizer, runs, dp_block, dp_epsilon))
+    """Measure ANONYMIZER (real, dp-pix, or a generator checkpoint) on the test split and print
+    the table of every evaluation in WORK."""
+    commands = _train_module()
+    commands.use_device(device)
+    click.echo(commands.evaluate(shared, work, preset, anonymizer, runs, dp_block, dp_epsilon))
+    click.echo(commands.report(work))
 
 
 @model.command("report")
 @_work_option
-def model_report(work: Path) -> None:
-    """Print the evaluation results in WORK as a markdown table."""
-    click.echo(_train_module().report(work))
+@click.option("--card", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Write the tables into this model card (between its results lines) instead of printing them.")
+def model_report(work: Path, card: Path | None) -> None:
+    """Print the evaluation results in WORK as markdown tables, or write them into CARD."""
+    commands = _train_module()
+    if card is None:
+        click.echo(commands.report(work))
+    else:
+        commands.write_card(card, commands.report(work))
+        click.echo(card)
 
 
 @model.command("export")
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default="models/deform.onnx",
               show_default=True)
-def model_export(checkpoint: Path, out: Path) -> None:
+@click.option("--evaluation", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The checkpoint's eval-*.json; with --real, its measured privacy goes into the metadata.")
+@click.option("--real", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="eval-real.json of the same protocol.")
+def model_export(checkpoint: Path, out: Path, evaluation: Path | None, real: Path | None) -> None:
     """Export CHECKPOINT as one ONNX graph for any image size, checked against torch."""
-    click.echo(_train_module().export_checkpoint(checkpoint, out))
+    if (evaluation is None) != (real is None):
+        raise click.UsageError("--evaluation and --real go together")
+    click.echo(_train_module().export_checkpoint(checkpoint, out, evaluation, real))
 
 
 if __name__ == "__main__":

@@ -8,13 +8,13 @@ the fingerprint, is declared in :mod:`deid.registry`.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from deid import __version__
 from deid.pseudonyms import Pseudonymizer
-from deid.registry import DEFAULT_PIXELS, DP_PIX, fingerprint_parts
-from deid.shipped import rules_dir
+from deid.registry import DP_PIX, fingerprint_parts
+from deid.shipped import default_pixels, rules_dir
 
 #: The most an input may inflate or decode to, by default: the largest real objects (breast
 #: tomosynthesis, enhanced multi-frame CT and MR of thousands of slices) decode to 0.5-2 GB, so
@@ -65,7 +65,9 @@ class RunConfig:
     text_fill
         What masked text becomes: ``black``, ``background`` or ``test`` (mid-grey).
     pixels
-        The whole-image pixel stage after the text stage: ``deform``, ``dp-pix`` or ``none``.
+        The whole-image pixel stage after the text stage: ``deform``, ``dp-pix`` or ``none``;
+        default :func:`deid.shipped.default_pixels` (``deform`` only when the shipped model's
+        measured privacy meets its card's milestone).
     deform_model
         Path of the ONNX deformation model; ``None``: the shipped models/deform.onnx.
     deform_rules
@@ -84,7 +86,7 @@ class RunConfig:
     header_only: bool = False
     text_mode: str | None = None
     text_fill: str = "black"
-    pixels: str = DEFAULT_PIXELS
+    pixels: str = field(default_factory=default_pixels)
     deform_model: str | None = None
     deform_rules: str | None = None
     dp_pix: tuple[int, float, float] = DP_PIX

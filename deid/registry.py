@@ -29,8 +29,6 @@ if TYPE_CHECKING:
 DP_PIX = (8, 0.1, 1.0)
 #: The ``--pixels`` choice that runs no whole-image stage.
 NO_WHOLE_IMAGE_STAGE = "none"
-#: The whole-image stage a run uses unless told otherwise (``--pixels``).
-DEFAULT_PIXELS = "deform"
 
 
 @dataclass(frozen=True)

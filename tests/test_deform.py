@@ -82,10 +82,10 @@ def outputs(out: Path) -> dict[str, Dataset]:
 
 @pytest.fixture(scope="module")
 def deformed(model, inputs: Path, tmp_path_factory) -> Path:
-    """One ``deid run`` with the defaults (``--pixels deform``)."""
+    """One ``deid run --pixels deform``."""
     work = tmp_path_factory.mktemp("deformed")
     (work / "key").write_bytes(KEY)
-    arguments = ["run", str(inputs), str(work / "out"), "--key-file", str(work / "key"), "-j", "1"]
+    arguments = ["run", str(inputs), str(work / "out"), "--key-file", str(work / "key"), "-j", "1", "--pixels", "deform"]
     result = CliRunner().invoke(main, arguments)
     assert result.exit_code == 0, result.output
     return work / "out"
@@ -114,6 +114,13 @@ def test_manifest_records_the_stage_and_the_provider(deformed: Path):
     changed = [r for r in rows if "deform" in r["stages"].split("+")]
     assert len(changed) == 2
     assert all("ExecutionProvider" in r["pixel_notes"] for r in changed)
+    # The notes name the model and what it was measured to do (or that nothing was).
+    from deid.pixels.deform import load_model_info
+    from deid.shipped import default_model
+
+    name = load_model_info(default_model()).name
+    assert all(f"deformation {name} " in r["pixel_notes"] for r in changed)
+    assert all("re-ID AUC" in r["pixel_notes"] or "no measured privacy" in r["pixel_notes"] for r in changed)
 
 
 def test_the_review_page_shows_each_warped_radiograph_before_and_after(deformed: Path):
@@ -134,7 +141,7 @@ def test_other_objects_pass_the_stage_untouched(deformed: Path, inputs: Path):
 
 
 def test_same_key_gives_byte_identical_output(deformed: Path, inputs: Path, tmp_path: Path):
-    run(RunConfig("basic", (), KEY), inputs, tmp_path / "out", jobs=1)
+    run(RunConfig("basic", (), KEY, pixels="deform"), inputs, tmp_path / "out", jobs=1)
     for path in deformed.rglob("*.dcm"):
         assert (tmp_path / "out" / path.relative_to(deformed)).read_bytes() == path.read_bytes()
 
@@ -151,7 +158,7 @@ def test_masked_text_stays_unreadable_after_the_deformation(model, shared: Path,
     from deid.pixels.render import to_display
 
     src = "presidio/0_ORIGINAL_compressed.dcm"
-    result = process_file(RunConfig("basic", (), KEY), shared / "corpus", tmp_path, src)
+    result = process_file(RunConfig("basic", (), KEY, pixels="deform"), shared / "corpus", tmp_path, src)
     assert result.status == "written" and result.stages == ("header", "text", "deform"), result.reason
     out = dcmread(tmp_path / result.dst)
     text = " ".join(line.text for line in read_text(to_display(out.pixel_array, out))).upper()
@@ -199,15 +206,27 @@ def test_undecodable_eligible_image_is_quarantined(tmp_path: Path):
     assert result.reason.startswith("pixel data cannot be decoded for the dp-pix stage")
 
 
-def test_dry_run_lists_the_pixel_stage(model, inputs: Path, tmp_path: Path):
+def test_dry_run_lists_the_pixel_stage_and_the_models_measured_privacy(model, inputs: Path, tmp_path: Path):
+    from deid.shipped import default_pixels, model_privacy
+
     (tmp_path / "key").write_bytes(KEY)
-    result = CliRunner().invoke(main, ["run", str(inputs), str(tmp_path / "out"), "--key-file", str(tmp_path / "key"),
-                                       "--dry-run"])
+    args = ["run", str(inputs), str(tmp_path / "out"), "--key-file", str(tmp_path / "key"), "--dry-run"]
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    assert "pixels: deform" in result.output and "4. deform: warp CR/DX chest" in result.output
-    listed = CliRunner().invoke(main, ["run", str(inputs), str(tmp_path / "out"), "--key-file", str(tmp_path / "key"),
-                                       "--dry-run", "--pixels", "dp-pix"])
+    assert f"pixels: {default_pixels()}" in result.output
+    deform = CliRunner().invoke(main, [*args, "--pixels", "deform"])
+    assert "4. deform: warp CR/DX chest" in deform.output
+    privacy = model_privacy(model)
+    if privacy is None:
+        assert "no measured privacy on record" in deform.output
+    else:
+        assert f"measured max-attacker re-ID AUC {privacy['reid_auc']:.3f}" in deform.output
+    warnings = [line for line in deform.output.splitlines() if "no measured privacy gain" in line]
+    assert len(warnings) == (0 if privacy and privacy["milestone"] else 1)
+    assert "models/deform.md" in "".join(warnings or ["models/deform.md"])
+    listed = CliRunner().invoke(main, [*args, "--pixels", "dp-pix"])
     assert "4. dp-pix: DP-Pix (cells of 8 px" in listed.output
+    assert "no measured privacy gain" not in listed.output
 
 
 def test_missing_model_is_a_configuration_error(inputs: Path, tmp_path: Path):

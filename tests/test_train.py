@@ -143,14 +143,3 @@ def test_shipped_model_is_symbolic_and_matches_its_checkpoint():
         assert got.shape == image.shape
         assert np.abs(got - expected).max() <= 1e-4
         assert np.abs(got - image).max() > 1e-3  # the trained warp does move pixels
-
-
-def test_source_weighted_auc_weighs_by_genuine_pairs():
-    from deid.train.commands import weighted_source_auc
-
-    reid = {"by_source": {
-        "a": {"auc_mean": 0.9, "genuine_pairs": 30},
-        "b": {"auc_mean": 0.5, "genuine_pairs": 10},
-        "c": {"auc_mean": None, "genuine_pairs": 0},
-    }}
-    assert weighted_source_auc(reid) == pytest.approx(0.8)

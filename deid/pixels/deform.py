@@ -20,7 +20,7 @@ import numpy as np
 
 from deid.pixels.derive import WholeImageStage
 from deid.pixels.eligibility import Eligibility, load_eligibility
-from deid.shipped import default_model
+from deid.shipped import default_model, model_privacy, privacy_summary
 from deid.stage import Instance
 
 INPUT, OUTPUT = "image", "warped"
@@ -41,6 +41,7 @@ class ModelInfo:
     mu: float
     input_size: int
     sha256: str
+    privacy: dict | None = None
 
 
 def load_model_info(path: Path) -> ModelInfo:
@@ -65,7 +66,7 @@ def load_model_info(path: Path) -> ModelInfo:
     if hashlib.sha256(path.read_bytes()).hexdigest() != info["sha256"]:
         raise ValueError(f"deformation model {path} does not match the sha256 in {metadata.name}")
     return ModelInfo(path, str(info["name"]), str(info["preset"]), float(info["mu"]), int(info["input_size"]),
-                     str(info["sha256"]))
+                     str(info["sha256"]), model_privacy(path))
 
 
 def session(model: ModelInfo) -> tuple[Any, str]:
@@ -129,7 +130,8 @@ class DeformStage(WholeImageStage):
     def describe(self) -> str:
         return (
             f"warp {self.eligibility.describe()} radiographs with the learned deformation "
-            f"{self.model.name} (mu={self.model.mu:g}, on {self.provider}); re-encode losslessly"
+            f"{self.model.name} (mu={self.model.mu:g}, on {self.provider}; {privacy_summary(self.model.privacy)}); "
+            "re-encode losslessly"
         )
 
     def transform(self, image: np.ndarray, item: Instance) -> np.ndarray:
@@ -139,4 +141,7 @@ class DeformStage(WholeImageStage):
         return f"deid: learned deformation ({self.model.name}, mu={self.model.mu:g})"
 
     def note(self) -> str:
-        return f"deformation {self.model.name} mu={self.model.mu:g} on {self.provider}"
+        privacy = self.model.privacy
+        measured = (f"re-ID AUC {privacy['reid_auc']:.3f} (real {privacy['real_reid_auc']:.3f})" if privacy
+                    else "no measured privacy")
+        return f"deformation {self.model.name} mu={self.model.mu:g} {measured} on {self.provider}"

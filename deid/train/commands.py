@@ -19,6 +19,7 @@ import structlog
 import torch
 
 from deid.train import loops
+from deid.train.loops import use_device  # noqa: F401 - re-exported for the CLI
 from deid.train.data import Split, load_split, shared_cxr
 from deid.train.networks import Deformation, generator_gflop, parameter_count
 from deid.train.presets import Preset, preset
@@ -36,19 +37,30 @@ def generator_name(p: Preset, mu: float, keep_last: bool = False) -> str:
     return f"{p.name}-mu{mu:g}" + ("-last" if keep_last else "")
 
 
-def critics(work: Path, p: Preset, train: Split, val: Split, seed: int = 0):
-    """The classifier and attacker trained on real images, loaded from ``work`` or trained there."""
-    path = work / f"critics-{p.name.removesuffix('-light')}.pt"
-    classifier, verifier = loops.new_classifier(p), loops.new_verifier(p)
+def real_classifier(work: Path, p: Preset, train: Split, val: Split, seed: int = 0):
+    """The classifier trained on real images, loaded from ``work`` or trained and saved there."""
+    path = work / f"classifier-{p.name.removesuffix('-light')}.pt"
     if path.exists():
-        state = torch.load(path, weights_only=True)
-        classifier.load_state_dict(state["classifier"])
-        verifier.load_state_dict(state["verifier"])
-        return classifier.eval(), verifier.eval()
+        classifier = loops.new_classifier(p)
+        classifier.load_state_dict(torch.load(path, weights_only=True, map_location=loops.device())["classifier"])
+        return classifier.eval()
     classifier = loops.train_classifier(p, train, val, seed)
-    verifier = loops.train_verifier(p, train, val, seed)
     work.mkdir(parents=True, exist_ok=True)
-    torch.save({"classifier": classifier.state_dict(), "verifier": verifier.state_dict()}, path)
+    torch.save({"classifier": classifier.state_dict()}, path)
+    return classifier
+
+
+def critics(work: Path, p: Preset, train: Split, val: Split, seed: int = 0):
+    """The classifier and the siamese attacker trained on real images, loaded from ``work`` or
+    trained there (PriCheXy-Net's starting critics)."""
+    classifier = real_classifier(work, p, train, val, seed)
+    path = work / f"verifier-{p.name.removesuffix('-light')}.pt"
+    verifier = loops.new_verifier(p)
+    if path.exists():
+        verifier.load_state_dict(torch.load(path, weights_only=True, map_location=loops.device())["verifier"])
+        return classifier, verifier.eval()
+    verifier = loops.train_verifier(p, train, val, seed)
+    torch.save({"verifier": verifier.state_dict()}, path)
     return classifier, verifier
 
 
@@ -74,12 +86,44 @@ def train(shared: Path, work: Path, preset_name: str, mu: float, light: bool, se
     return path
 
 
+def linkage_name(p: Preset, mu: float, intensity: float) -> str:
+    return f"{p.name}-linkage-mu{mu:g}-i{intensity:g}"
+
+
+def train_linkage(shared: Path, work: Path, preset_name: str, mu: float, intensity: float, light: bool, seed: int,
+                  epochs: int, epoch_steps: int, utility_weight: float, lr: float = 1e-2,
+                  budget_minutes: float | None = None) -> Path:
+    """Train one generator against the linkage attack (:mod:`deid.train.linkage`), resuming from
+    ``work/linkage-<name>.ckpt``; save it as ``work/generator-<name>.pt`` when done."""
+    from deid.train.linkage import train_linkage as run
+
+    p = preset(preset_name, light)
+    train_split, val, _ = _splits(shared, p)
+    classifier = real_classifier(work, p, train_split, val)
+    name = linkage_name(p, mu, intensity)
+    deformation = loops.new_deformation(p, mu, seed, intensity, identity=True)
+    state = run(p, deformation, classifier, train_split, val, seed, epochs, epoch_steps, work / f"linkage-{name}.ckpt",
+                utility_weight, lr, budget_minutes)
+    path = work / f"generator-{name}.pt"
+    torch.save({"preset": preset_name, "light": light, "mu": mu, "intensity": intensity, "seed": seed,
+                "objective": "linkage", "utility_weight": utility_weight, "lr": lr, "epochs": state["epoch"],
+                "steps": state["steps"], "kept_step": state["kept_step"], "minutes": state["minutes"],
+                "curve": state["curve"], "name": name,
+                "state_dict": state["state_dict"]}, path)
+    return path
+
+
 def load_generator(path: Path) -> tuple[Deformation, dict]:
-    checkpoint = torch.load(path, weights_only=True)
+    checkpoint = torch.load(path, weights_only=True, map_location=loops.device())
     p = preset(checkpoint["preset"], checkpoint["light"])
-    deformation = loops.new_deformation(p, checkpoint["mu"])
+    deformation = loops.new_deformation(p, checkpoint["mu"], intensity=checkpoint.get("intensity", 0.0))
     deformation.generator.load_state_dict(checkpoint["state_dict"])
     return deformation.eval(), checkpoint
+
+
+def checkpoint_name(checkpoint: dict) -> str:
+    p = preset(checkpoint["preset"], checkpoint["light"])
+    return checkpoint.get("name") or generator_name(p, checkpoint["mu"], checkpoint.get("keep_last", False))
 
 
 def evaluate(shared: Path, work: Path, preset_name: str, anonymizer: str, runs: int,
@@ -88,7 +132,7 @@ def evaluate(shared: Path, work: Path, preset_name: str, anonymizer: str, runs: 
     of :mod:`deid.train.protocol`; write ``work/eval-<name>.json``."""
     p = preset(preset_name)
     train_split, val, test = _splits(shared, p)
-    classifier, _ = critics(work, p, train_split, val)
+    classifier = real_classifier(work, p, train_split, val)
     info: dict = {"anonymizer": anonymizer}
     if anonymizer == "real":
         name, anonymize = "real", (lambda images: images)
@@ -104,8 +148,9 @@ def evaluate(shared: Path, work: Path, preset_name: str, anonymizer: str, runs: 
     else:
         deformation, checkpoint = load_generator(Path(anonymizer))
         gp = preset(checkpoint["preset"], checkpoint["light"])
-        name = generator_name(gp, checkpoint["mu"], checkpoint.get("keep_last", False))
-        info.update(epochs=checkpoint.get("epochs"), mu=checkpoint["mu"], generator=gp.generator,
+        name = checkpoint_name(checkpoint)
+        info.update(epochs=checkpoint.get("epochs"), steps=checkpoint.get("steps"), curve=checkpoint.get("curve"),
+                    intensity=checkpoint.get("intensity", 0.0), mu=checkpoint["mu"], generator=gp.generator,
                     generator_size=gp.generator_size,
                     gflop=generator_gflop(deformation.generator, gp.generator_size),
                     parameters=parameter_count(deformation.generator),
@@ -123,58 +168,133 @@ def evaluate(shared: Path, work: Path, preset_name: str, anonymizer: str, runs: 
     return path
 
 
-def report(work: Path) -> str:
-    """A markdown table of every ``eval-*.json`` in ``work``, real images first.
+def _mean_std(values: list[float]) -> str:
+    values = [v for v in values if v == v]
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{np.mean(values):.3f} ± {np.std(values):.3f}"
 
-    Besides the pooled AUC (within-source pairs of all sources scored together, which a verifier
-    can lift by scoring whole sources higher), it gives each source's AUC and their mean weighted
-    by genuine pairs.
-    """
+
+def load_evaluations(work: Path) -> list[dict]:
+    """Every ``eval-*.json`` in ``work``, real images first, then DP-Pix."""
     rows = [json.loads(p.read_text()) for p in sorted(work.glob("eval-*.json"))]
-    rows.sort(key=lambda r: (r["name"] != "real", r["name"]))
-    sources = sorted({s for r in rows for s in r["reid"]["by_source"]})
+    rows.sort(key=lambda r: (r["name"] != "real", not r["name"].startswith("dp-pix"), r["name"]))
+    return rows
+
+
+def report(work: Path) -> str:
+    """Markdown tables of every evaluation in ``work``: the maximum over attackers per source,
+    weighted and pooled (mean ± std over runs) next to the classifier's AUC; each attacker's
+    weighted AUC; and, on real images, the best fixed attacker against the learned one per source."""
+    rows = load_evaluations(work)
+    if not rows:
+        return f"no evaluations in {work}"
+    scored = rows[0]["reid"]["scored"]
     lines = [
-        "| anonymizer | generator GFLOP | re-ID AUC pooled (mean ± std) | re-ID AUC per source, weighted | "
-        + " | ".join(f"re-ID {s}" for s in sources) + " | class. AUC (mean) |",
-        "|---" * (5 + len(sources)) + "|",
+        "| anonymizer | GFLOP | steps | train min | **max-attacker re-ID, weighted** | pooled | "
+        + " | ".join(scored) + " | class. AUC |",
+        "|---" * (7 + len(scored)) + "|",
     ]
     for r in rows:
-        reid = r["reid"]
-        per_source = [reid["by_source"].get(s, {}).get("auc_mean") for s in sources]
+        best = r["reid"]["max"]
+        gflop = f"{r['gflop']:.2f}" if "gflop" in r else "–"
+        steps = str(r["steps"]) if r.get("steps") else "–"
+        minutes = f"{r['train_minutes']:.0f}" if r.get("train_minutes") else "–"
         lines.append(
-            f"| {r['name']} | {r['gflop']:.2f} | " if "gflop" in r else f"| {r['name']} | – | "
-        )
-        lines[-1] += (
-            f"{reid['auc_mean']:.3f} ± {reid['auc_std']:.3f} ({len(reid['auc_runs'])} runs) | "
-            f"{weighted_source_auc(reid):.3f} | "
-            + " | ".join("–" if v is None else f"{v:.3f}" for v in per_source)
+            f"| {r['name']} | {gflop} | {steps} | {minutes} | **{_mean_std(best['weighted'])}** | "
+            f"{_mean_std(best['pooled'])} | "
+            + " | ".join(_mean_std(best["by_source"][s]) for s in scored)
             + f" | {r['classification']['auc_mean']:.3f} |"
         )
+    attackers = list(rows[0]["reid"]["attackers"])
+    lines += ["", "Weighted re-ID AUC of each attacker:", "",
+              "| anonymizer | " + " | ".join(attackers) + " |", "|---" * (1 + len(attackers)) + "|"]
+    for r in rows:
+        lines.append(f"| {r['name']} | "
+                     + " | ".join(_mean_std(r["reid"]["attackers"][a]["weighted"]) for a in attackers) + " |")
+    real = next((r for r in rows if r["name"] == "real"), None)
+    if real is not None:
+        per = real["reid"]["attackers"]
+        lines += ["", "| real images, per source | best fixed attacker | its AUC | learned attacker |",
+                  "|---|---|---|---|"]
+        for s in scored:
+            name = max((a for a in per if a != "learned"), key=lambda a: per[a]["by_source"][s][0])
+            lines.append(f"| {s} | {name} | {per[name]['by_source'][s][0]:.3f} | "
+                         f"{_mean_std(per['learned']['by_source'][s])} |")
     return "\n".join(lines)
 
 
-def weighted_source_auc(reid: dict) -> float:
-    """The per-source AUCs (each the mean over attackers) weighted by their genuine pairs."""
-    known = [v for v in reid["by_source"].values() if v["auc_mean"] is not None]
-    return sum(v["auc_mean"] * v["genuine_pairs"] for v in known) / sum(v["genuine_pairs"] for v in known)
+#: The model card's results lie between these lines; ``deid model report --card`` rewrites them.
+CARD_START, CARD_END = "<!-- results: deid model report -->", "<!-- end of results -->"
 
 
-def export_checkpoint(checkpoint: Path, out: Path) -> Path:
+def write_card(card: Path, table: str) -> None:
+    """Replace the results between :data:`CARD_START` and :data:`CARD_END` in ``card``.
+
+    Raises
+    ------
+    ValueError
+        If ``card`` lacks either line.
+    """
+    text = card.read_text()
+    if CARD_START not in text or CARD_END not in text:
+        raise ValueError(f"{card} has no {CARD_START} ... {CARD_END} section")
+    head, rest = text.split(CARD_START, 1)
+    card.write_text(head + CARD_START + "\n" + table + "\n" + CARD_END + rest.split(CARD_END, 1)[1])
+
+
+#: The card's milestone: re-ID this far below real images, at most this much classifier AUC lost.
+MILESTONE_GAIN, MILESTONE_UTILITY_LOSS = 0.10, 0.01
+
+
+def privacy_record(model: dict, real: dict) -> dict:
+    """What a model's metadata says of its measured privacy: its and real images' max-attacker
+    weighted re-ID AUC (mean, std over runs), the classifier's AUC on both, and whether the
+    milestone holds: at least :data:`MILESTONE_GAIN` below real images, the means apart by more
+    than two standard deviations of each, and at most :data:`MILESTONE_UTILITY_LOSS` of classifier
+    AUC lost."""
+    def figure(r: dict) -> tuple[float, float]:
+        values = r["reid"]["max"]["weighted"]
+        return float(np.mean(values)), float(np.std(values))
+
+    (m, m_std), (r, r_std) = figure(model), figure(real)
+    m_utility, r_utility = model["classification"]["auc_mean"], real["classification"]["auc_mean"]
+    milestone = (r - m >= MILESTONE_GAIN and m + 2 * m_std < r - 2 * r_std
+                 and r_utility - m_utility <= MILESTONE_UTILITY_LOSS)
+    return {"reid_auc": round(m, 4), "reid_auc_std": round(m_std, 4), "real_reid_auc": round(r, 4),
+            "real_reid_auc_std": round(r_std, 4), "utility_auc": round(m_utility, 4),
+            "real_utility_auc": round(r_utility, 4), "runs": len(model["reid"]["max"]["weighted"]),
+            "milestone": bool(milestone), "card": "models/deform.md"}
+
+
+def export_checkpoint(checkpoint: Path, out: Path, evaluation: Path | None = None, real: Path | None = None) -> Path:
     """Export a generator checkpoint to ``out``; write its metadata (``.json``) and a copy of the
-    checkpoint (``.pt``, for parity checks and fine-tuning) beside it."""
+    checkpoint (``.pt``, for parity checks and fine-tuning) beside it. With ``evaluation`` (its
+    ``eval-*.json``) and ``real`` (``eval-real.json``), the metadata's ``privacy`` holds
+    :func:`privacy_record`, which ``deid run`` reads to choose its default and to say what the
+    model was measured to do."""
     from deid.train.export import OPSET, export
 
     deformation, info = load_generator(checkpoint)
+    deformation = deformation.cpu()
     p = preset(info["preset"], info["light"])
     checks = export(deformation, out)
     metadata = {
-        "name": generator_name(p, info["mu"], info.get("keep_last", False)), "preset": p.name, "mu": info["mu"],
-        "input_size": p.generator_size, "generator": {"features": p.generator[0], "levels": p.generator[1]},
+        "name": checkpoint_name(info), "preset": p.name, "mu": info["mu"], "intensity": info.get("intensity", 0.0),
+        "input_size": p.generator_size,
+        "generator": {"features": p.generator[0], "levels": p.generator[1], "outputs": deformation.kernel.shape[0]},
         "parameters": parameter_count(deformation.generator),
         "gflop": round(generator_gflop(deformation.generator, p.generator_size), 4),
         "opset": OPSET, "input": "image [1, 1, height, width] float32 in [0, 1], MONOCHROME2",
         "output": "warped, same shape", **checks,
     }
+    if evaluation is not None and real is not None:
+        measured = json.loads(evaluation.read_text())
+        if measured["name"] != metadata["name"]:
+            raise ValueError(f"{evaluation} measured {measured['name']}, not {metadata['name']}")
+        metadata["privacy"] = privacy_record(measured, json.loads(real.read_text()))
     out.with_suffix(".json").write_text(json.dumps(metadata, indent=2) + "\n")
     if checkpoint.resolve() != out.with_suffix(".pt").resolve():
         out.with_suffix(".pt").write_bytes(checkpoint.read_bytes())

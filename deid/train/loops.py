@@ -22,6 +22,32 @@ from deid.train.presets import Preset
 log = structlog.get_logger("deid.train")
 
 
+_DEVICE = torch.device("cpu")
+
+
+def use_device(name: str) -> None:
+    """Run every network and hold every split on ``name`` (``cpu``, ``cuda``, ``cuda:1``)."""
+    global _DEVICE
+    _DEVICE = torch.device(name)
+
+
+def device() -> torch.device:
+    return _DEVICE
+
+
+def autocast() -> torch.autocast:
+    """Mixed precision (bfloat16) on a GPU; a no-op on the CPU."""
+    return torch.autocast(device_type=_DEVICE.type, dtype=torch.bfloat16, enabled=_DEVICE.type == "cuda")
+
+
+def on_device(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array)).to(_DEVICE)
+
+
+def to_numpy(x: torch.Tensor) -> np.ndarray:
+    return x.float().cpu().numpy()
+
+
 def seed_everything(seed: int) -> np.random.Generator:
     torch.manual_seed(seed)
     return np.random.default_rng(seed)
@@ -29,23 +55,31 @@ def seed_everything(seed: int) -> np.random.Generator:
 
 def new_verifier(preset: Preset) -> SiameseVerifier:
     blocks, width, bottleneck = preset.verifier
-    return SiameseVerifier(ResNet(blocks, width, bottleneck))
+    return SiameseVerifier(ResNet(blocks, width, bottleneck)).to(_DEVICE)
 
 
 def new_classifier(preset: Preset) -> Classifier:
     blocks, growth, width = preset.classifier
-    return Classifier(DenseNet(blocks, growth, width), len(LABELS))
+    return Classifier(DenseNet(blocks, growth, width), len(LABELS)).to(_DEVICE)
 
 
-def new_deformation(preset: Preset, mu: float, seed: int = 0) -> Deformation:
-    """A deformation with a freshly initialised generator (initialisation seeded by ``seed``)."""
+def new_deformation(preset: Preset, mu: float, seed: int = 0, intensity: float = 0.0,
+                    identity: bool = False) -> Deformation:
+    """A deformation with a freshly initialised generator (initialisation seeded by ``seed``); a third
+    output channel when ``intensity`` > 0; with ``identity`` the output layer starts at zero, so that
+    the deformation starts as the identity."""
     torch.manual_seed(seed)
     features, levels = preset.generator
-    return Deformation(UNet(features, levels), mu, preset.generator_size)
+    generator = UNet(features, levels, outputs=3 if intensity > 0 else 2)
+    if identity:
+        torch.nn.init.zeros_(generator.head.weight)
+        torch.nn.init.zeros_(generator.head.bias)
+    return Deformation(generator, mu, preset.generator_size, intensity=intensity).to(_DEVICE)
 
 
 def tensor(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1)
+    """``images`` (n, h, w) as a (n, 1, h, w) tensor on the device."""
+    return on_device(images).unsqueeze(1)
 
 
 def balanced_pairs(split: Split, rng: np.random.Generator, count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -103,7 +137,7 @@ def train_verifier(preset: Preset, train: Split, val: Split, seed: int) -> Siame
         model.train()
         for b in _batches(len(pairs), preset.batch):
             logits = model(x_train[pairs[b, 0]], x_train[pairs[b, 1]])
-            loss = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(labels[b]))
+            loss = F.binary_cross_entropy_with_logits(logits, on_device(labels[b]))
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -123,7 +157,7 @@ def pair_scores(model: SiameseVerifier, x1: torch.Tensor, x2: torch.Tensor, pair
     """Same-patient probabilities of ``(x1[i], x2[j])`` for each pair ``(i, j)``."""
     e1, e2 = embeddings(model, x1), embeddings(model, x2)
     out = [torch.sigmoid(model.score(e1[pairs[b, 0]], e2[pairs[b, 1]])) for b in _batches(len(pairs), 8192)]
-    return torch.cat(out).numpy()
+    return to_numpy(torch.cat(out))
 
 
 def verifier_loss(model: SiameseVerifier, x1: torch.Tensor, x2: torch.Tensor, pairs: np.ndarray,
@@ -142,17 +176,18 @@ def train_classifier(preset: Preset, train: Split, val: Split, seed: int) -> Cla
     rng = seed_everything(seed)
     model = new_classifier(preset)
     optimiser = torch.optim.Adam(model.parameters(), lr=preset.critic_lr)
-    x_train, t_train, m_train = tensor(train.images), torch.from_numpy(train.targets), torch.from_numpy(train.masks)
+    x_train, t_train, m_train = tensor(train.images), on_device(train.targets), on_device(train.masks)
 
     def epoch(_: int) -> float:
-        order = torch.from_numpy(rng.permutation(len(train)))
+        order = on_device(rng.permutation(len(train)))
         model.train()
         for b in _batches(len(order), preset.batch):
             idx = order[b]
             x = x_train[idx]
-            flip = torch.from_numpy(rng.random(len(idx)) < 0.5)
+            flip = on_device(rng.random(len(idx)) < 0.5)
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-            loss = _masked_bce(model(x), t_train[idx], m_train[idx])
+            with autocast():
+                loss = _masked_bce(model(x).float(), t_train[idx], m_train[idx])
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -165,13 +200,14 @@ def train_classifier(preset: Preset, train: Split, val: Split, seed: int) -> Cla
 def class_probabilities(model: Classifier, images: np.ndarray) -> np.ndarray:
     model.eval()
     x = tensor(images)
-    return torch.cat([torch.sigmoid(model(x[b])) for b in _batches(len(x), 128)]).numpy()
+    with autocast():
+        return to_numpy(torch.cat([torch.sigmoid(model(x[b])) for b in _batches(len(x), 128)]))
 
 
 def classifier_loss(model: Classifier, split: Split) -> float:
-    p = torch.from_numpy(np.clip(class_probabilities(model, split.images), 1e-7, 1 - 1e-7))
+    p = on_device(np.clip(class_probabilities(model, split.images), 1e-7, 1 - 1e-7))
     logits = torch.log(p) - torch.log1p(-p)
-    return float(_masked_bce(logits, torch.from_numpy(split.targets), torch.from_numpy(split.masks)))
+    return float(_masked_bce(logits, on_device(split.targets), on_device(split.masks)))
 
 
 def pretrain_generator(preset: Preset, deformation: Deformation, train: Split, val: Split, seed: int) -> Deformation:
@@ -183,7 +219,7 @@ def pretrain_generator(preset: Preset, deformation: Deformation, train: Split, v
     def epoch(_: int) -> float:
         deformation.train()
         for b in _batches(len(x_train), preset.batch):
-            x = x_train[torch.from_numpy(rng.permutation(len(x_train))[: b.stop - b.start])]
+            x = x_train[on_device(rng.permutation(len(x_train))[: b.stop - b.start])]
             loss = F.mse_loss(deformation(x), x)
             optimiser.zero_grad()
             loss.backward()
@@ -214,8 +250,8 @@ def train_adversarial(
     v_opt = torch.optim.Adam(verifier.parameters(), lr=preset.critic_lr)
     c_opt = torch.optim.Adam(classifier.parameters(), lr=preset.critic_lr)
     x_train, x_val = tensor(train.images), tensor(val.images)
-    t_train, m_train = torch.from_numpy(train.targets), torch.from_numpy(train.masks)
-    t_val, m_val = torch.from_numpy(val.targets), torch.from_numpy(val.masks)
+    t_train, m_train = on_device(train.targets), on_device(train.masks)
+    t_val, m_val = on_device(val.targets), on_device(val.masks)
     val_pairs, _ = balanced_pairs(val, np.random.default_rng(seed + 1))
 
     def losses(x1: torch.Tensor, x2: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor):
@@ -227,7 +263,7 @@ def train_adversarial(
     def epoch(_: int) -> float:
         pairs, labels = balanced_pairs(train, rng, preset.adversarial_pairs)
         for b in _batches(len(pairs), preset.batch):
-            i, j = torch.from_numpy(pairs[b, 0]), torch.from_numpy(pairs[b, 1])
+            i, j = on_device(pairs[b, 0]), on_device(pairs[b, 1])
             x1, x2 = x_train[i], x_train[j]
             deformation.train(), verifier.eval(), classifier.eval()
             deformed, utility, privacy = losses(x1, x2, t_train[i], m_train[i])
@@ -236,7 +272,7 @@ def train_adversarial(
             g_opt.step()
             deformed = deformed.detach()
             verifier.train()
-            v_loss = F.binary_cross_entropy_with_logits(verifier(deformed, x2), torch.from_numpy(labels[b]))
+            v_loss = F.binary_cross_entropy_with_logits(verifier(deformed, x2), on_device(labels[b]))
             v_opt.zero_grad()
             v_loss.backward()
             v_opt.step()
@@ -249,7 +285,7 @@ def train_adversarial(
         with torch.no_grad():
             total = []
             for b in _batches(len(val_pairs), 128):
-                i, j = torch.from_numpy(val_pairs[b, 0]), torch.from_numpy(val_pairs[b, 1])
+                i, j = on_device(val_pairs[b, 0]), on_device(val_pairs[b, 1])
                 _, utility, privacy = losses(x_val[i], x_val[j], t_val[i], m_val[i])
                 total.append((utility + privacy).item() * (b.stop - b.start))
         return sum(total) / len(val_pairs)
@@ -264,4 +300,5 @@ def anonymize(deformation: Deformation, images: np.ndarray) -> np.ndarray:
     """Apply a trained deformation to a stack of images."""
     deformation.eval()
     x = tensor(images)
-    return torch.cat([deformation(x[b]) for b in _batches(len(x), 64)]).squeeze(1).numpy()
+    with autocast():
+        return to_numpy(torch.cat([deformation(x[b]) for b in _batches(len(x), 64)]).squeeze(1))

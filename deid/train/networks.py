@@ -28,7 +28,7 @@ def _double_conv(cin: int, cout: int) -> nn.Sequential:
 
 class UNet(nn.Module):
     """U-Net with ``levels`` encoder stages of ``features * 2**i`` channels and a bottleneck of
-    twice the last; two-channel tanh output (the flow field in [-1, 1]).
+    twice the last; tanh output in [-1, 1] (two channels: the flow field; a third: an intensity field).
 
     Parameters
     ----------
@@ -36,9 +36,11 @@ class UNet(nn.Module):
         Channels of the first stage (32 in the paper).
     levels
         Encoder stages (4 in the paper).
+    outputs
+        Output channels: 2 (the paper's flow field) or 3 (flow and intensity).
     """
 
-    def __init__(self, features: int = 32, levels: int = 4) -> None:
+    def __init__(self, features: int = 32, levels: int = 4, outputs: int = 2) -> None:
         super().__init__()
         widths = [features * 2**i for i in range(levels)]
         self.encoders = nn.ModuleList()
@@ -54,7 +56,7 @@ class UNet(nn.Module):
             self.upconvs.append(nn.ConvTranspose2d(cin, w, 2, stride=2))
             self.decoders.append(_double_conv(2 * w, w))
             cin = w
-        self.head = nn.Conv2d(cin, 2, 1)
+        self.head = nn.Conv2d(cin, outputs, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
@@ -68,12 +70,12 @@ class UNet(nn.Module):
         return torch.tanh(self.head(x))
 
 
-def gaussian_kernel(size: int = 9, sigma: float = 2.0) -> torch.Tensor:
-    """A normalised ``size`` x ``size`` Gaussian as a (2, 1, size, size) depth-wise kernel."""
+def gaussian_kernel(size: int = 9, sigma: float = 2.0, channels: int = 2) -> torch.Tensor:
+    """A normalised ``size`` x ``size`` Gaussian as a (channels, 1, size, size) depth-wise kernel."""
     axis = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
     g = torch.exp(-(axis**2) / (2 * sigma**2))
     k = torch.outer(g, g)
-    return (k / k.sum()).expand(2, 1, size, size).clone()
+    return (k / k.sum()).expand(channels, 1, size, size).clone()
 
 
 def identity_grid(n: int, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
@@ -102,12 +104,14 @@ def downsize(image: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class Deformation(nn.Module):
-    """PriCheXy-Net's anonymizer, for images of any size.
+    """PriCheXy-Net's anonymizer, for images of any size, optionally with an intensity field.
 
     The image is downsized to the generator's input, the generator's field is scaled by ``mu``
     and smoothed with a 9x9 Gaussian (sigma 2) at that size, upsampled to the image's size and
     applied there. Units are normalised (-1..1 across the image), so ``mu`` bounds the same
-    fraction of the image at every resolution.
+    fraction of the image at every resolution. With ``intensity`` > 0 the generator's third
+    channel, scaled by ``intensity`` and smoothed alike, is added to the warped image (clipped to
+    [0, 1]): a smooth change of brightness of at most ``intensity`` of the grey range.
 
     The released code smooths the absolute grid with zero padding, which pulls the outer four
     pixels inward even for a zero field; here the displacement is smoothed instead, so that
@@ -116,30 +120,46 @@ class Deformation(nn.Module):
     Parameters
     ----------
     generator
-        The flow-field network.
+        The field network: two output channels, three with ``intensity``.
     mu
         Deformation degree (the largest displacement, in normalised units).
     input_size
         Side of the square the generator sees.
+    intensity
+        Largest change of grey level (on the [0, 1] scale); 0: warp only.
     """
 
     kernel: torch.Tensor
+    scale: torch.Tensor
 
-    def __init__(self, generator: UNet, mu: float, input_size: int, kernel: int = 9, sigma: float = 2.0) -> None:
+    def __init__(self, generator: UNet, mu: float, input_size: int, kernel: int = 9, sigma: float = 2.0,
+                 intensity: float = 0.0) -> None:
         super().__init__()
         self.generator = generator
         self.mu = mu
+        self.intensity = intensity
         self.input_size = input_size
-        self.register_buffer("kernel", gaussian_kernel(kernel, sigma), persistent=False)
+        channels = 3 if intensity > 0 else 2
+        self.register_buffer("kernel", gaussian_kernel(kernel, sigma, channels), persistent=False)
+        self.register_buffer("scale", torch.tensor([mu, mu, intensity][:channels]).view(1, channels, 1, 1),
+                             persistent=False)
+
+    def fields(self, x: torch.Tensor) -> torch.Tensor:
+        """The smoothed fields (n, 2 or 3, h, w) for ``x`` (n, 1, h, w): displacement, then intensity."""
+        field = self.scale * self.generator(downsize(x, self.input_size))
+        field = F.conv2d(field, self.kernel, padding=self.kernel.shape[-1] // 2, groups=self.kernel.shape[0])
+        return F.interpolate(field, size=x.shape[-2:], mode="bilinear", align_corners=True)
 
     def displacement(self, x: torch.Tensor) -> torch.Tensor:
         """The smoothed displacement field (n, 2, h, w) for ``x`` (n, 1, h, w)."""
-        field = self.mu * self.generator(downsize(x, self.input_size))
-        field = F.conv2d(field, self.kernel, padding=self.kernel.shape[-1] // 2, groups=2)
-        return F.interpolate(field, size=x.shape[-2:], mode="bilinear", align_corners=True)
+        return self.fields(x)[:, :2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return warp(x, self.displacement(x))
+        fields = self.fields(x)
+        warped = warp(x, fields[:, :2])
+        if self.intensity > 0:
+            return (warped + fields[:, 2:]).clamp(0.0, 1.0)
+        return warped
 
 
 def _shortcut(cin: int, cout: int, stride: int) -> nn.Module:
@@ -292,7 +312,7 @@ def generator_gflop(generator: UNet, size: int) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        generator.eval()(torch.zeros(1, 1, size, size))
+        generator.eval()(torch.zeros(1, 1, size, size, device=next(generator.parameters()).device))
     return counter.get_total_flops() / 1e9
 
 

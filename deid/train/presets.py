@@ -26,6 +26,11 @@ class Preset:
         ``(blocks per stage, stem width, bottleneck blocks)`` of the attacker's ResNet.
     classifier
         ``(blocks per stage, growth, stem width)`` of the DenseNet.
+    attacker_size
+        Side of the square the learned metric attacker sees.
+    attacker_epochs
+        Most epochs of the learned metric attacker (it stops earlier after ``patience`` epochs
+        without a better validation AUC).
     """
 
     name: str
@@ -43,6 +48,8 @@ class Preset:
     critic_pairs: int | None = None
     patience: int = 5
     critic_lr: float = 1e-4
+    attacker_size: int = 256
+    attacker_epochs: int = 30
 
 
 PRESETS = {
@@ -54,12 +61,19 @@ PRESETS = {
         name="cpu", size=128, generator_size=64, generator=(16, 4),
         verifier=((1, 1, 1, 1), 16, False), classifier=((4, 4, 4), 12, 24),
         lr=3e-4, pretrain_epochs=1, adversarial_epochs=4, adversarial_pairs=1_200,
-        critic_epochs=6, critic_pairs=2_400, patience=2, critic_lr=1e-3,
+        critic_epochs=6, critic_pairs=2_400, patience=2, critic_lr=1e-3, attacker_size=32, attacker_epochs=12,
+    ),
+    # Proves the whole chain (benchmarks/train_gpu.sh) in seconds; its figures mean nothing.
+    "toy": Preset(
+        name="toy", size=64, generator_size=16, generator=(4, 2),
+        verifier=((1, 1), 4, False), classifier=((2, 2), 4, 8), batch=8,
+        pretrain_epochs=1, adversarial_epochs=1, adversarial_pairs=32, critic_epochs=1, critic_pairs=32,
+        patience=1, critic_lr=1e-3, attacker_size=16, attacker_epochs=1,
     ),
 }
 
 #: Generators lighter than a preset's own, by name: a quarter of its FLOPs (half the channels).
-LIGHTER = {"paper": (16, 4), "cpu": (8, 4)}
+LIGHTER = {"paper": (16, 4), "cpu": (8, 4), "toy": (2, 2)}
 
 
 def preset(name: str, light: bool = False) -> Preset:

@@ -1,9 +1,13 @@
-"""The evaluation protocol of PriCheXy-Net, on the patient-wise splits of ``cxr``.
+"""The evaluation protocol: re-identification by every attacker, and utility.
 
-Privacy: a fresh attacker is trained on anonymized pairs of the train split (both images
-anonymized) and tested on pairs of held-out test patients with the first image anonymized and the
-second real (a linkage attack). Only within-source pairs are scored; the AUC is given pooled and
-per source, as mean and standard deviation over ``runs`` attackers.
+Privacy: each anonymized test image is linked to the real test images of its source (only
+within-source pairs are scored: a cross-source pair is an impostor any attacker spots from the
+source's look). The attackers are the fixed similarities of :mod:`deid.train.attacks` and
+``runs`` fresh learned metric attackers trained on the anonymizer's output of the train split.
+An anonymizer's figure is the **maximum over attackers**: for each run, the highest AUC of any
+attacker (the fixed ones and that run's learned one), per source and pooled; the weighted
+column averages the sources with at least :data:`MIN_GENUINE_PAIRS` genuine test pairs by their
+genuine pairs. Mean and standard deviation are over runs.
 
 Utility: the classifier trained on real images scores the anonymized test images; the figure is
 the mean over labels of the per-label AUC.
@@ -17,12 +21,16 @@ from dataclasses import replace
 import numpy as np
 import structlog
 
+from deid.train.attacks import BASELINES, BOTH_ANONYMIZED, embed, pair_scores, train_metric_attacker
 from deid.train.data import LABELS, Split
-from deid.train.loops import class_probabilities, pair_scores, tensor, train_verifier
+from deid.train.loops import class_probabilities
 from deid.train.networks import Classifier
 from deid.train.presets import Preset
 
 log = structlog.get_logger("deid.train")
+
+#: Sources with fewer genuine test pairs are shown but left out of the weighted column.
+MIN_GENUINE_PAIRS = 40
 
 Anonymizer = Callable[[np.ndarray], np.ndarray]
 
@@ -44,31 +52,60 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 def reidentification(preset: Preset, anonymize: Anonymizer, train: Split, val: Split, test: Split,
                      runs: int, seed: int = 100) -> dict:
-    """Re-identification AUC of ``runs`` fresh attackers against ``anonymize``."""
+    """Re-identification AUC of every attacker against ``anonymize``, and their maximum.
+
+    Returns
+    -------
+    dict
+        ``sources`` (genuine and impostor pairs of each), ``scored`` (the sources of the weighted
+        column), ``attackers`` (per attacker: ``pooled``, ``weighted`` and ``by_source`` lists, one
+        value per run for learned attackers, one for fixed ones) and ``max`` (the same, the
+        maximum over attackers, one value per run).
+    """
     anon_train = replace(train, images=anonymize(train.images))
     anon_val = replace(val, images=anonymize(val.images))
-    x_anon, x_real = tensor(anonymize(test.images)), tensor(test.images)
+    anon_test = anonymize(test.images)
     pairs, genuine = test.all_within_source_pairs()
     pair_source = test.sources[pairs[:, 0]]
-    pooled: list[float] = []
-    by_source: dict[str, list[float]] = {s: [] for s in np.unique(test.sources)}
+    sources = {s: {"genuine_pairs": int(genuine[pair_source == s].sum()),
+                   "impostor_pairs": int((~genuine[pair_source == s]).sum())} for s in np.unique(test.sources)}
+    scored = [s for s, v in sources.items() if v["genuine_pairs"] >= MIN_GENUINE_PAIRS]
+
+    def weighted(by_source: dict) -> float:
+        if not scored:
+            return float("nan")
+        return sum(by_source[s] * sources[s]["genuine_pairs"] for s in scored) / sum(
+            sources[s]["genuine_pairs"] for s in scored)
+
+    def figures(scores: np.ndarray) -> dict:
+        by_source = {s: roc_auc(genuine[pair_source == s], scores[pair_source == s]) for s in sources}
+        return {"pooled": roc_auc(genuine, scores), "weighted": weighted(by_source), "by_source": by_source}
+
+    fixed = {name: figures(pair_scores(features(anon_test), features(test.images), pairs))
+             for name, features in BASELINES.items()}
+    both_name, both = BOTH_ANONYMIZED
+    fixed[both_name] = figures(pair_scores(both(anon_test), both(anon_test), pairs))
+    learned = []
     for run in range(runs):
-        attacker = train_verifier(preset, anon_train, anon_val, seed + run)
-        scores = pair_scores(attacker, x_anon, x_real, pairs)
-        pooled.append(roc_auc(genuine, scores))
-        for source, values in by_source.items():
-            here = pair_source == source
-            values.append(roc_auc(genuine[here], scores[here]))
-        log.info("attacker", run=run, auc=round(pooled[-1], 4))
+        model = train_metric_attacker(preset, anon_train, train, anon_val, val, seed + run)
+        learned.append(figures(pair_scores(embed(model, anon_test), embed(model, test.images), pairs)))
+        log.info("attacker", run=run, weighted=round(learned[-1]["weighted"], 4))
+    maxima = [
+        {"pooled": float(np.nanmax([f["pooled"] for f in [*fixed.values(), run]])),
+         "by_source": {s: float(np.nanmax([f["by_source"][s] for f in [*fixed.values(), run]])) for s in sources}}
+        for run in learned
+    ]
+    for m in maxima:
+        m["weighted"] = weighted(m["by_source"])
+
+    def as_lists(runs_: list[dict]) -> dict:
+        return {"pooled": [r["pooled"] for r in runs_], "weighted": [r["weighted"] for r in runs_],
+                "by_source": {s: [r["by_source"][s] for r in runs_] for s in sources}}
+
     return {
-        "auc_mean": float(np.mean(pooled)), "auc_std": float(np.std(pooled)), "auc_runs": pooled,
-        "genuine_pairs": int(genuine.sum()), "impostor_pairs": int((~genuine).sum()),
-        "by_source": {
-            s: {"auc_mean": float(np.nanmean(v)) if not np.all(np.isnan(v)) else None,
-                "genuine_pairs": int(genuine[pair_source == s].sum()),
-                "impostor_pairs": int((~genuine[pair_source == s]).sum())}
-            for s, v in by_source.items()
-        },
+        "sources": sources, "scored": scored,
+        "attackers": {**{name: as_lists([f]) for name, f in fixed.items()}, "learned": as_lists(learned)},
+        "max": as_lists(maxima),
     }
 
 

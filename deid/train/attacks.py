@@ -1,0 +1,214 @@
+"""Re-identification attackers: fixed image similarities and a learned metric embedding.
+
+Every attacker turns a stack of images into one unit vector per image; the score of a pair is the
+dot product of its two vectors (a cosine similarity). The fixed ones need no training:
+
+* ``ncc16``, ``ncc32``, ``ncc64``: normalised cross-correlation of the images area-downsized to
+  16, 32 or 64 px (the vector is the downsized image, centred and scaled to unit length);
+* ``hog64``: histograms of oriented gradients at 64 px (8 px cells, 9 unsigned orientations,
+  square-rooted and normalised per cell);
+* ``ncc32-both``: ``ncc32`` after the attacker has run the (public) anonymizer on its own real
+  image too, so that both sides of a pair went through it.
+
+The learned attacker (:func:`train_metric_attacker`) is a small ResNet embedding trained with a
+symmetric InfoNCE loss on genuine pairs of the train split (first image anonymized, second
+real, the linkage the test scores), with random affine and grey-level augmentation, and stopped
+on the validation split's AUC. :func:`ncc_torch` is ``ncc<size>`` in torch, differentiable, for
+training a generator against it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections import defaultdict
+from collections.abc import Callable
+
+import numpy as np
+import structlog
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deid.train.data import Split
+from deid.train.loops import autocast, device, tensor, to_numpy
+from deid.train.networks import ResNet, _standardise
+from deid.train.presets import Preset
+
+log = structlog.get_logger("deid.train")
+
+Features = Callable[[np.ndarray], np.ndarray]
+
+
+def area_downsize(images: np.ndarray, size: int) -> np.ndarray:
+    """Means of ``images`` (n, s, s) over square cells, to (n, size, size); ``s`` a multiple of ``size``."""
+    n, side, _ = images.shape
+    factor = side // size
+    if factor * size != side:
+        raise ValueError(f"images of {side} px cannot be area-downsized to {size} px")
+    return images.reshape(n, size, factor, size, factor).mean(axis=(2, 4))
+
+
+def _unit_rows(vectors: np.ndarray) -> np.ndarray:
+    vectors = vectors - vectors.mean(axis=1, keepdims=True)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
+def ncc_features(images: np.ndarray, size: int) -> np.ndarray:
+    """Unit vectors whose dot products are the normalised cross-correlations at ``size`` px."""
+    small = area_downsize(np.asarray(images, np.float64), size)
+    return _unit_rows(small.reshape(len(small), -1))
+
+
+def hog_features(images: np.ndarray, size: int = 64, cell: int = 8, bins: int = 9) -> np.ndarray:
+    """Histograms of oriented gradients at ``size`` px as unit vectors."""
+    small = area_downsize(np.asarray(images, np.float64), size)
+    gy, gx = np.gradient(small, axis=(1, 2))
+    magnitude = np.hypot(gx, gy)
+    orientation = np.mod(np.arctan2(gy, gx), np.pi)
+    index = np.minimum((orientation / np.pi * bins).astype(int), bins - 1)
+    n, cells = len(small), size // cell
+    histogram = np.zeros((n, cells, cells, bins))
+    for b in range(bins):
+        weighted = np.where(index == b, magnitude, 0.0)
+        histogram[..., b] = weighted.reshape(n, cells, cell, cells, cell).sum(axis=(2, 4))
+    histogram = np.sqrt(histogram / np.maximum(histogram.sum(axis=-1, keepdims=True), 1e-12))
+    return _unit_rows(histogram.reshape(n, -1))
+
+
+#: The fixed attackers scored against real test images, by name.
+BASELINES: dict[str, Features] = {
+    "ncc16": lambda images: ncc_features(images, 16),
+    "ncc32": lambda images: ncc_features(images, 32),
+    "ncc64": lambda images: ncc_features(images, 64),
+    "hog64": hog_features,
+}
+#: The fixed attacker that anonymizes its own image too.
+BOTH_ANONYMIZED = ("ncc32-both", BASELINES["ncc32"])
+
+
+def pair_scores(first: np.ndarray, second: np.ndarray, pairs: np.ndarray, batch: int = 65_536) -> np.ndarray:
+    """``first[i] . second[j]`` for each pair ``(i, j)``."""
+    return np.concatenate([
+        np.einsum("ij,ij->i", first[pairs[b:b + batch, 0]], second[pairs[b:b + batch, 1]])
+        for b in range(0, len(pairs), batch)
+    ]) if len(pairs) else np.zeros(0)
+
+
+def ncc_torch(x: torch.Tensor, size: int) -> torch.Tensor:
+    """:func:`ncc_features` in torch: (n, 1, s, s) to unit vectors (n, size * size), differentiable."""
+    small = F.adaptive_avg_pool2d(x, size).flatten(1)
+    small = small - small.mean(dim=1, keepdim=True)
+    return small / small.norm(dim=1, keepdim=True).clamp(min=1e-8)
+
+
+class MetricEmbedding(nn.Module):
+    """A ResNet trunk and a linear map to unit-length embeddings."""
+
+    def __init__(self, trunk: ResNet, size: int, dimensions: int = 128) -> None:
+        super().__init__()
+        self.trunk, self.size = trunk, size
+        self.project = nn.Linear(trunk.out_features, dimensions)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.size:
+            x = F.adaptive_avg_pool2d(x, self.size)
+        return F.normalize(self.project(self.trunk(_standardise(x))), dim=1)
+
+
+def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random rotation (±6°), scale (±6 %), shift (±5 %), contrast and brightness (±10 %)."""
+    n = len(x)
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return (low + (high - low) * torch.rand(n, generator=generator)).to(x.device)
+
+    angle, scale = uniform(-6, 6) * math.pi / 180, uniform(0.94, 1.06)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, uniform(-0.1, 0.1)], 1),
+                         torch.stack([sin, cos, uniform(-0.1, 0.1)], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+    return (out * uniform(0.9, 1.1).view(n, 1, 1, 1) + uniform(-0.1, 0.1).view(n, 1, 1, 1)).clamp(0, 1)
+
+
+def _patient_batches(split: Split, batch: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Every genuine pair of ``split`` once, in random order and random direction, in batches
+    that hold at most one pair of each patient (another pair of the patient would be a false
+    negative)."""
+    waiting = split.genuine_pairs()[rng.permutation(len(split.genuine_pairs()))]
+    batches = []
+    while len(waiting):
+        taken, seen, deferred = [], set(), []
+        for pair in waiting:
+            patient = split.patients[pair[0]]
+            if patient in seen or len(taken) == batch:
+                deferred.append(pair)
+            else:
+                taken.append(pair if rng.random() < 0.5 else pair[::-1])
+                seen.add(patient)
+        batches.append(np.array(taken))
+        waiting = np.array(deferred, dtype=np.int64).reshape(-1, 2)
+    return [b for b in batches if len(b) > 1]
+
+
+@torch.no_grad()
+def embed(model: MetricEmbedding, images: np.ndarray, batch: int = 256) -> np.ndarray:
+    model.eval()
+    x = tensor(np.asarray(images, np.float32))
+    with autocast():
+        return to_numpy(torch.cat([model(x[b:b + batch]) for b in range(0, len(x), batch)])).astype(np.float64)
+
+
+def within_source_auc(split: Split, first: np.ndarray, second: np.ndarray) -> float:
+    """Pooled AUC of within-source pairs scored ``first[i] . second[j]``."""
+    from deid.train.protocol import roc_auc
+
+    pairs, genuine = split.all_within_source_pairs()
+    return roc_auc(genuine, pair_scores(first, second, pairs))
+
+
+def train_metric_attacker(preset: Preset, anon_train: Split, real_train: Split, anon_val: Split,
+                          real_val: Split, seed: int, temperature: float = 0.1) -> MetricEmbedding:
+    """A fresh learned attacker for one anonymizer.
+
+    Parameters
+    ----------
+    anon_train, real_train
+        The train split anonymized and as it is (same order): a pair's first image is taken
+        anonymized, its second real.
+    anon_val, real_val
+        The validation split alike; the epoch with the highest within-source AUC is kept.
+    seed
+        Seeds the initialisation, the batches and the augmentation.
+    """
+    torch.manual_seed(seed)
+    rng, generator = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+    blocks, width, bottleneck = preset.verifier
+    model = MetricEmbedding(ResNet(blocks, width, bottleneck), preset.attacker_size).to(device())
+    optimiser = torch.optim.Adam(model.parameters(), lr=preset.critic_lr, weight_decay=1e-4)
+    x_anon = F.adaptive_avg_pool2d(tensor(anon_train.images), preset.attacker_size)
+    x_real = F.adaptive_avg_pool2d(tensor(real_train.images), preset.attacker_size)
+    best, best_state, waited = -1.0, copy.deepcopy(model.state_dict()), 0
+    for epoch in range(preset.attacker_epochs):
+        model.train()
+        for pairs in _patient_batches(real_train, preset.batch, rng):
+            with autocast():
+                e1 = model(_augment(x_anon[pairs[:, 0]], generator)).float()
+                e2 = model(_augment(x_real[pairs[:, 1]], generator)).float()
+            logits = e1 @ e2.T / temperature
+            target = torch.arange(len(pairs), device=logits.device)
+            loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        auc = within_source_auc(real_val, embed(model, anon_val.images), embed(model, real_val.images))
+        log.info("epoch", network="metric attacker", epoch=epoch, val_auc=round(auc, 4))
+        if auc > best:
+            best, best_state, waited = auc, copy.deepcopy(model.state_dict()), 0
+        else:
+            waited += 1
+            if waited >= preset.patience:
+                break
+    model.load_state_dict(best_state)
+    return model.eval()

@@ -1,0 +1,127 @@
+"""The attacker suite, the linkage-trained generator and the default that follows the model card."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the train extra (torch) is not installed")
+
+from deid.train import loops  # noqa: E402
+from deid.train.attacks import BASELINES, hog_features, ncc_features, ncc_torch, pair_scores  # noqa: E402
+from deid.train.data import Split  # noqa: E402
+from deid.train.presets import preset  # noqa: E402
+from deid.train.protocol import reidentification, roc_auc  # noqa: E402
+
+TOY = dataclasses.replace(preset("cpu"), size=64, generator_size=16, generator=(4, 2), batch=8,
+                          attacker_size=16, attacker_epochs=1, classifier=((2, 2), 4, 8))
+
+
+def synthetic_split(patients: int, per_patient: int, linked: bool, seed: int, sources: int = 2,
+                    shared: float = 0.0) -> Split:
+    """64-px images of smooth 8x8-cell patterns plus a little noise: with ``linked``, a patient's
+    images share the patient's pattern, else each has its own (nothing links them); ``shared``
+    weighs a pattern common to every image, which brings impostors' correlation near genuine
+    pairs', as in radiographs."""
+    rng = np.random.default_rng(seed)
+    common = rng.random((8, 8))
+    images, ids, names = [], [], []
+    for p in range(patients):
+        base = rng.random((8, 8))
+        for _ in range(per_patient):
+            pattern = base if linked else rng.random((8, 8))
+            pattern = shared * common + (1 - shared) * (0.5 * pattern + 0.5 * rng.random((8, 8)) if shared else pattern)
+            image = np.kron(pattern, np.ones((8, 8))) + 0.05 * rng.standard_normal((64, 64))
+            images.append(np.clip(image, 0, 1))
+            ids.append(f"p{p}")
+            names.append(f"s{p % sources}")
+    n = len(images)
+    targets = (rng.random((n, 3)) < 0.5).astype(np.float32)
+    return Split(np.array(images, np.float32), np.array(ids), np.array(names), targets, np.ones((n, 3), np.float32))
+
+
+@pytest.mark.parametrize("name", sorted(BASELINES))
+def test_fixed_attackers_link_known_pairs_and_nothing_else(name):
+    for linked, low, high in ((True, 0.95, 1.0), (False, 0.3, 0.7)):
+        split = synthetic_split(20, 2, linked, seed=1)
+        pairs, genuine = split.all_within_source_pairs()
+        features = BASELINES[name](split.images)
+        auc = roc_auc(genuine, pair_scores(features, features, pairs))
+        assert low <= auc <= high, (name, linked, auc)
+
+
+def test_ncc_is_the_correlation_coefficient_and_torch_agrees():
+    rng = np.random.default_rng(0)
+    a, b = rng.random((2, 64, 64))
+    features = ncc_features(np.stack([a, b]), 32)
+    small = [x.reshape(32, 2, 32, 2).mean(axis=(1, 3)).ravel() for x in (a, b)]
+    assert features[0] @ features[1] == pytest.approx(np.corrcoef(*small)[0, 1])
+    assert np.allclose(ncc_torch(torch.from_numpy(np.stack([a, b])[:, None]).float(), 32).numpy(), features,
+                       atol=1e-5)
+    assert hog_features(np.stack([a, a]))[0] @ hog_features(np.stack([a, a]))[1] == pytest.approx(1.0)
+
+
+def test_protocol_scores_the_maximum_over_attackers():
+    train, val, test = (synthetic_split(12, 2, True, seed=s) for s in (2, 3, 4))
+    reid = reidentification(TOY, lambda images: images, train, val, test, runs=2)
+    assert set(reid["attackers"]) == {*BASELINES, "ncc32-both", "learned"}
+    assert len(reid["max"]["weighted"]) == 2 and len(reid["attackers"]["learned"]["weighted"]) == 2
+    for run, value in enumerate(reid["max"]["pooled"]):
+        assert value == max(a["pooled"][min(run, len(a["pooled"]) - 1)] for a in reid["attackers"].values())
+    assert reid["scored"] == []  # no toy source has 40 genuine pairs ...
+    assert np.isnan(reid["max"]["weighted"][0])  # ... so there is no weighted figure
+
+
+def test_linkage_training_lowers_the_correlation_and_resumes(tmp_path):
+    from deid.train.linkage import train_linkage
+
+    train, val = synthetic_split(16, 2, True, seed=5, shared=0.7), synthetic_split(8, 2, True, seed=6, shared=0.7)
+    classifier = loops.new_classifier(TOY).eval()
+    deformation = loops.new_deformation(TOY, 0.3, seed=0, intensity=0.3, identity=True)
+    checkpoint = tmp_path / "linkage.ckpt"
+    first = train_linkage(TOY, deformation, classifier, train, val, 0, 1, 3, checkpoint, 1.0, lr=1e-2)
+    assert first["steps"] == 3 and checkpoint.is_file()
+    resumed = loops.new_deformation(TOY, 0.3, seed=0, intensity=0.3, identity=True)
+    second = train_linkage(TOY, resumed, classifier, train, val, 0, 4, 3, checkpoint, 1.0, lr=1e-2)
+    assert second["steps"] == 12 and [row["step"] for row in second["curve"]] == [0, 3, 6, 9, 12]
+    # The correlation of genuine pairs drops (a toy AUC of 16 pairs is too coarse to show it).
+    pairs = val.genuine_pairs()
+
+    def genuine_correlation(model) -> float:
+        anonymized = loops.anonymize(model, val.images)
+        return pair_scores(ncc_features(anonymized, 32), ncc_features(val.images, 32), pairs).mean()
+
+    assert genuine_correlation(resumed) < genuine_correlation(
+        loops.new_deformation(TOY, 0.3, seed=0, intensity=0.3, identity=True)) - 0.01
+
+
+def test_default_pixels_follow_the_model_card(tmp_path, monkeypatch):
+    import deid.shipped as shipped
+    from deid.config import RunConfig
+
+    model = tmp_path / "deform.onnx"
+    monkeypatch.setattr(shipped, "default_model", lambda: model)
+    assert shipped.default_pixels() == "none"  # no metadata at all
+    record = {"reid_auc": 0.62, "reid_auc_std": 0.01, "real_reid_auc": 0.76, "real_reid_auc_std": 0.0,
+              "utility_auc": 0.86, "real_utility_auc": 0.865, "runs": 3, "card": "models/deform.md"}
+    for milestone, expected in ((False, "none"), (True, "deform")):
+        model.with_suffix(".json").write_text(json.dumps({"privacy": {**record, "milestone": milestone}}))
+        assert shipped.default_pixels() == expected
+        assert RunConfig("basic", (), b"k" * 32).pixels == expected
+    assert "0.620 against 0.760" in shipped.privacy_summary(shipped.model_privacy(model))
+
+
+def test_privacy_record_needs_the_gain_outside_two_deviations_and_the_utility():
+    from deid.train.commands import privacy_record
+
+    def evaluation(weighted, utility):
+        return {"reid": {"max": {"weighted": weighted}}, "classification": {"auc_mean": utility}}
+
+    real = evaluation([0.76, 0.76, 0.76], 0.865)
+    assert privacy_record(evaluation([0.64, 0.65, 0.63], 0.86), real)["milestone"]
+    assert not privacy_record(evaluation([0.64, 0.65, 0.63], 0.85), real)["milestone"]  # 1.5 points lost
+    assert not privacy_record(evaluation([0.72, 0.66, 0.58], 0.86), real)["milestone"]  # too wide a spread
+    assert not privacy_record(evaluation([0.68, 0.68, 0.68], 0.86), real)["milestone"]  # 0.08 below
