@@ -10,6 +10,8 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the train extra (torch) is not installed")
 
+pytestmark = pytest.mark.train
+
 from deid.train import loops  # noqa: E402
 from deid.train.attacks import BASELINES, hog_features, ncc_features, ncc_torch, pair_scores  # noqa: E402
 from deid.train.data import Split  # noqa: E402

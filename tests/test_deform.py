@@ -85,7 +85,8 @@ def deformed(model, inputs: Path, tmp_path_factory) -> Path:
     """One ``deid run --pixels deform``."""
     work = tmp_path_factory.mktemp("deformed")
     (work / "key").write_bytes(KEY)
-    arguments = ["run", str(inputs), str(work / "out"), "--key-file", str(work / "key"), "-j", "1", "--pixels", "deform"]
+    arguments = ["run", str(inputs), str(work / "out"), "--key-file", str(work / "key"), "-j", "1",
+                 "--pixels", "deform"]
     result = CliRunner().invoke(main, arguments)
     assert result.exit_code == 0, result.output
     return work / "out"

@@ -15,6 +15,8 @@ import pytest
 pytest.importorskip("torch", reason="the train extra (torch) is not installed")
 pytest.importorskip("onnxruntime", reason="the export check needs ONNX Runtime")
 
+pytestmark = pytest.mark.train
+
 REPO = Path(__file__).resolve().parents[1]
 FINDINGS = ("No Finding", "Pneumonia (bacterial)", "COVID-19", "Effusion")
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections import defaultdict
 from collections.abc import Callable
 
 import numpy as np
@@ -139,7 +138,9 @@ def _patient_batches(split: Split, batch: int, rng: np.random.Generator) -> list
     waiting = split.genuine_pairs()[rng.permutation(len(split.genuine_pairs()))]
     batches = []
     while len(waiting):
-        taken, seen, deferred = [], set(), []
+        taken: list[np.ndarray] = []
+        seen: set[str] = set()
+        deferred: list[np.ndarray] = []
         for pair in waiting:
             patient = split.patients[pair[0]]
             if patient in seen or len(taken) == batch:

@@ -19,8 +19,8 @@ import structlog
 import torch
 
 from deid.train import loops
-from deid.train.loops import use_device  # noqa: F401 - re-exported for the CLI
 from deid.train.data import Split, load_split, shared_cxr
+from deid.train.loops import use_device  # noqa: F401 - re-exported for the CLI
 from deid.train.networks import Deformation, generator_gflop, parameter_count
 from deid.train.presets import Preset, preset
 from deid.train.protocol import reidentification, utility
@@ -294,7 +294,15 @@ def export_checkpoint(checkpoint: Path, out: Path, evaluation: Path | None = Non
         measured = json.loads(evaluation.read_text())
         if measured["name"] != metadata["name"]:
             raise ValueError(f"{evaluation} measured {measured['name']}, not {metadata['name']}")
-        metadata["privacy"] = privacy_record(measured, json.loads(real.read_text()))
+        privacy = metadata["privacy"] = privacy_record(measured, json.loads(real.read_text()))
+        runs = privacy["runs"]
+        metadata["measured"] = {
+            f"re-identification AUC, maximum over attackers, sources weighted (test split, mean of {runs} runs)":
+                privacy["reid_auc"],
+            "re-identification AUC of real images, same attackers": privacy["real_reid_auc"],
+            "classifier AUC, mean of labels (test split)": privacy["utility_auc"],
+            "classifier AUC of real images": privacy["real_utility_auc"],
+        }
     out.with_suffix(".json").write_text(json.dumps(metadata, indent=2) + "\n")
     if checkpoint.resolve() != out.with_suffix(".pt").resolve():
         out.with_suffix(".pt").write_bytes(checkpoint.read_bytes())

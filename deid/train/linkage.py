@@ -82,7 +82,7 @@ class PairSampler:
         for i, p in enumerate(split.patients):
             by_patient[p].append(i)
         self.by_source: dict[str, list[list[int]]] = defaultdict(list)
-        for patient, idx in by_patient.items():
+        for idx in by_patient.values():
             if len(idx) > 1:
                 self.by_source[str(split.sources[idx[0]])].append(idx)
         self.by_source = {s: v for s, v in self.by_source.items() if len(v) > 1}

@@ -73,7 +73,8 @@ def new_deformation(preset: Preset, mu: float, seed: int = 0, intensity: float =
     generator = UNet(features, levels, outputs=3 if intensity > 0 else 2)
     if identity:
         torch.nn.init.zeros_(generator.head.weight)
-        torch.nn.init.zeros_(generator.head.bias)
+        if generator.head.bias is not None:
+            torch.nn.init.zeros_(generator.head.bias)
     return Deformation(generator, mu, preset.generator_size, intensity=intensity).to(_DEVICE)
 
 

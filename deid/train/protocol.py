@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import structlog
@@ -90,7 +91,7 @@ def reidentification(preset: Preset, anonymize: Anonymizer, train: Split, val: S
         model = train_metric_attacker(preset, anon_train, train, anon_val, val, seed + run)
         learned.append(figures(pair_scores(embed(model, anon_test), embed(model, test.images), pairs)))
         log.info("attacker", run=run, weighted=round(learned[-1]["weighted"], 4))
-    maxima = [
+    maxima: list[dict[str, Any]] = [
         {"pooled": float(np.nanmax([f["pooled"] for f in [*fixed.values(), run]])),
          "by_source": {s: float(np.nanmax([f["by_source"][s] for f in [*fixed.values(), run]])) for s in sources}}
         for run in learned
