@@ -127,3 +127,15 @@ def test_privacy_record_needs_the_gain_outside_two_deviations_and_the_utility():
     assert not privacy_record(evaluation([0.64, 0.65, 0.63], 0.85), real)["milestone"]  # 1.5 points lost
     assert not privacy_record(evaluation([0.72, 0.66, 0.58], 0.86), real)["milestone"]  # too wide a spread
     assert not privacy_record(evaluation([0.68, 0.68, 0.68], 0.86), real)["milestone"]  # 0.08 below
+
+
+def test_report_goes_between_the_cards_results_lines(tmp_path):
+    from deid.train.commands import CARD_END, CARD_START, write_card
+
+    card = tmp_path / "card.md"
+    card.write_text(f"# card\n{CARD_START}\nold table\n{CARD_END}\nwhat did not work\n")
+    write_card(card, "| new | table |")
+    assert card.read_text() == f"# card\n{CARD_START}\n| new | table |\n{CARD_END}\nwhat did not work\n"
+    card.write_text("# card without the lines\n")
+    with pytest.raises(ValueError, match="results"):
+        write_card(card, "| new |")

@@ -150,6 +150,7 @@ def evaluate(shared: Path, work: Path, preset_name: str, anonymizer: str, runs: 
         gp = preset(checkpoint["preset"], checkpoint["light"])
         name = checkpoint_name(checkpoint)
         info.update(epochs=checkpoint.get("epochs"), steps=checkpoint.get("steps"), curve=checkpoint.get("curve"),
+                    kept_step=checkpoint.get("kept_step"),
                     intensity=checkpoint.get("intensity", 0.0), mu=checkpoint["mu"], generator=gp.generator,
                     generator_size=gp.generator_size,
                     gflop=generator_gflop(deformation.generator, gp.generator_size),
@@ -223,7 +224,28 @@ def report(work: Path) -> str:
             name = max((a for a in per if a != "learned"), key=lambda a: per[a]["by_source"][s][0])
             lines.append(f"| {s} | {name} | {per[name]['by_source'][s][0]:.3f} | "
                          f"{_mean_std(per['learned']['by_source'][s])} |")
+    for r in rows:
+        if r.get("curve"):
+            lines += ["", *curve_table(r["name"], r["curve"], r.get("kept_step"))]
     return "\n".join(lines)
+
+
+def curve_table(name: str, curve: list[dict], kept_step: int | None, most: int = 16) -> list[str]:
+    """A generator's validation curve: each fixed attacker's pooled AUC on the validation split,
+    the classifier's AUC and the classifier term's weight, at up to ``most`` steps (the first, the
+    last and the kept one among them)."""
+    keys = [k for k in curve[0] if k not in ("step", "utility", "utility_weight")]
+    chosen = sorted({0, len(curve) - 1, *np.linspace(0, len(curve) - 1, most - 1).round().astype(int).tolist(),
+                     *[i for i, row in enumerate(curve) if row["step"] == kept_step]})
+    lines = [f"Validation curve of {name} (pooled AUC on the validation split; * the kept step):", "",
+             "| step | " + " | ".join(keys) + " | class. AUC | classifier weight |", "|---" * (len(keys) + 3) + "|"]
+    for i in chosen:
+        row = curve[i]
+        mark = " *" if row["step"] == kept_step else ""
+        weight = row.get("utility_weight")
+        lines.append(f"| {row['step']}{mark} | " + " | ".join(f"{row[k]:.3f}" for k in keys)
+                     + f" | {row['utility']:.3f} | {'–' if weight is None else f'{weight:g}'} |")
+    return lines
 
 
 #: The model card's results lie between these lines; ``deid model report --card`` rewrites them.
