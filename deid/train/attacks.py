@@ -10,17 +10,16 @@ dot product of its two vectors (a cosine similarity). The fixed ones need no tra
 * ``ncc32-both``: ``ncc32`` after the attacker has run the (public) anonymizer on its own real
   image too, so that both sides of a pair went through it.
 
-The learned attacker (:func:`train_metric_attacker`) is a small ResNet embedding trained with a
-symmetric InfoNCE loss on genuine pairs of the train split (first image anonymized, second
-real, the linkage the test scores), with random affine and grey-level augmentation, and stopped
-on the validation split's AUC. :func:`ncc_torch` is ``ncc<size>`` in torch, differentiable, for
-training a generator against it.
+The learned attacker (:func:`train_metric_attacker`) is a learned metric that starts as ``ncc32``
+(:class:`MetricEmbedding`), trained with a symmetric InfoNCE loss on genuine pairs of the train
+split (first image anonymized, second real, the linkage the test scores), in batches of one source,
+and stopped on the validation split's AUC. :func:`ncc_torch` is
+``ncc<size>`` in torch, differentiable, for training a generator against it.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable
 
 import numpy as np
@@ -31,7 +30,6 @@ from torch import nn
 
 from deid.train.data import Split
 from deid.train.loops import autocast, device, tensor, to_numpy
-from deid.train.networks import ResNet, _standardise
 from deid.train.presets import Preset
 
 log = structlog.get_logger("deid.train")
@@ -102,55 +100,43 @@ def ncc_torch(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class MetricEmbedding(nn.Module):
-    """A ResNet trunk and a linear map to unit-length embeddings."""
+    """Normalised cross-correlation at ``size`` px with learned per-pixel weights: the embedding of
+    an image is its :func:`ncc_torch` vector times the weights, scaled to unit length. The weights
+    start at one, so an untrained attacker is ``ncc<size>``."""
 
-    def __init__(self, trunk: ResNet, size: int, dimensions: int = 128) -> None:
+    def __init__(self, size: int) -> None:
         super().__init__()
-        self.trunk, self.size = trunk, size
-        self.project = nn.Linear(trunk.out_features, dimensions)
+        self.size = size
+        self.weight = nn.Parameter(torch.ones(size * size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.size:
-            x = F.adaptive_avg_pool2d(x, self.size)
-        return F.normalize(self.project(self.trunk(_standardise(x))), dim=1)
-
-
-def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random rotation (±6°), scale (±6 %), shift (±5 %), contrast and brightness (±10 %)."""
-    n = len(x)
-
-    def uniform(low: float, high: float) -> torch.Tensor:
-        return (low + (high - low) * torch.rand(n, generator=generator)).to(x.device)
-
-    angle, scale = uniform(-6, 6) * math.pi / 180, uniform(0.94, 1.06)
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos, -sin, uniform(-0.1, 0.1)], 1),
-                         torch.stack([sin, cos, uniform(-0.1, 0.1)], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    out = F.grid_sample(x, grid, padding_mode="border", align_corners=False)
-    return (out * uniform(0.9, 1.1).view(n, 1, 1, 1) + uniform(-0.1, 0.1).view(n, 1, 1, 1)).clamp(0, 1)
+        return F.normalize(self.weight * ncc_torch(x, self.size), dim=1)
 
 
 def _patient_batches(split: Split, batch: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Every genuine pair of ``split`` once, in random order and random direction, in batches
-    that hold at most one pair of each patient (another pair of the patient would be a false
-    negative)."""
-    waiting = split.genuine_pairs()[rng.permutation(len(split.genuine_pairs()))]
+    """Every genuine pair of ``split`` once, in random direction, in batches of one source that hold
+    at most one pair of each patient (the other patients' images are the negatives, as impostors
+    are scored within a source; another pair of the same patient would be a false negative)."""
+    pairs = split.genuine_pairs()
     batches = []
-    while len(waiting):
-        taken: list[np.ndarray] = []
-        seen: set[str] = set()
-        deferred: list[np.ndarray] = []
-        for pair in waiting:
-            patient = split.patients[pair[0]]
-            if patient in seen or len(taken) == batch:
-                deferred.append(pair)
-            else:
-                taken.append(pair if rng.random() < 0.5 else pair[::-1])
-                seen.add(patient)
-        batches.append(np.array(taken))
-        waiting = np.array(deferred, dtype=np.int64).reshape(-1, 2)
-    return [b for b in batches if len(b) > 1]
+    for source in np.unique(split.sources):
+        waiting = pairs[split.sources[pairs[:, 0]] == source]
+        waiting = waiting[rng.permutation(len(waiting))]
+        while len(waiting):
+            taken: list[np.ndarray] = []
+            seen: set[str] = set()
+            deferred: list[np.ndarray] = []
+            for pair in waiting:
+                patient = split.patients[pair[0]]
+                if patient in seen or len(taken) == batch:
+                    deferred.append(pair)
+                else:
+                    taken.append(pair if rng.random() < 0.5 else pair[::-1])
+                    seen.add(patient)
+            batches.append(np.array(taken))
+            waiting = np.array(deferred, dtype=np.int64).reshape(-1, 2)
+    order = rng.permutation(len(batches))
+    return [batches[i] for i in order if len(batches[i]) > 1]
 
 
 @torch.no_grad()
@@ -181,22 +167,22 @@ def train_metric_attacker(preset: Preset, anon_train: Split, real_train: Split, 
     anon_val, real_val
         The validation split alike; the epoch with the highest within-source AUC is kept.
     seed
-        Seeds the initialisation, the batches and the augmentation.
+        Seeds the batches.
     """
     torch.manual_seed(seed)
-    rng, generator = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
-    blocks, width, bottleneck = preset.verifier
-    model = MetricEmbedding(ResNet(blocks, width, bottleneck), preset.attacker_size).to(device())
+    rng = np.random.default_rng(seed)
+    model = MetricEmbedding(preset.attacker_size).to(device())
     optimiser = torch.optim.Adam(model.parameters(), lr=preset.critic_lr, weight_decay=1e-4)
     x_anon = F.adaptive_avg_pool2d(tensor(anon_train.images), preset.attacker_size)
     x_real = F.adaptive_avg_pool2d(tensor(real_train.images), preset.attacker_size)
-    best, best_state, waited = -1.0, copy.deepcopy(model.state_dict()), 0
+    best = within_source_auc(real_val, embed(model, anon_val.images), embed(model, real_val.images))
+    best_state, waited = copy.deepcopy(model.state_dict()), 0
     for epoch in range(preset.attacker_epochs):
         model.train()
         for pairs in _patient_batches(real_train, preset.batch, rng):
             with autocast():
-                e1 = model(_augment(x_anon[pairs[:, 0]], generator)).float()
-                e2 = model(_augment(x_real[pairs[:, 1]], generator)).float()
+                e1 = model(x_anon[pairs[:, 0]]).float()
+                e2 = model(x_real[pairs[:, 1]]).float()
             logits = e1 @ e2.T / temperature
             target = torch.arange(len(pairs), device=logits.device)
             loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2

@@ -194,17 +194,18 @@ def report(work: Path) -> str:
         return f"no evaluations in {work}"
     scored = rows[0]["reid"]["scored"]
     lines = [
-        "| anonymizer | GFLOP | steps | train min | **max-attacker re-ID, weighted** | pooled | "
+        "| anonymizer | GFLOP | steps | train min | learned runs | **max-attacker re-ID, weighted** | pooled | "
         + " | ".join(scored) + " | class. AUC |",
-        "|---" * (7 + len(scored)) + "|",
+        "|---" * (8 + len(scored)) + "|",
     ]
     for r in rows:
         best = r["reid"]["max"]
         gflop = f"{r['gflop']:.2f}" if "gflop" in r else "–"
         steps = str(r["steps"]) if r.get("steps") else "–"
         minutes = f"{r['train_minutes']:.0f}" if r.get("train_minutes") else "–"
+        learned_runs = len(r["reid"]["attackers"].get("learned", {}).get("weighted", []))
         lines.append(
-            f"| {r['name']} | {gflop} | {steps} | {minutes} | **{_mean_std(best['weighted'])}** | "
+            f"| {r['name']} | {gflop} | {steps} | {minutes} | {learned_runs} | **{_mean_std(best['weighted'])}** | "
             f"{_mean_std(best['pooled'])} | "
             + " | ".join(_mean_std(best["by_source"][s]) for s in scored)
             + f" | {r['classification']['auc_mean']:.3f} |"
@@ -214,7 +215,8 @@ def report(work: Path) -> str:
               "| anonymizer | " + " | ".join(attackers) + " |", "|---" * (1 + len(attackers)) + "|"]
     for r in rows:
         lines.append(f"| {r['name']} | "
-                     + " | ".join(_mean_std(r["reid"]["attackers"][a]["weighted"]) for a in attackers) + " |")
+                     + " | ".join(_mean_std(r["reid"]["attackers"][a]["weighted"]) if a in r["reid"]["attackers"]
+                                  else "not run" for a in attackers) + " |")
     real = next((r for r in rows if r["name"] == "real"), None)
     if real is not None:
         per = real["reid"]["attackers"]

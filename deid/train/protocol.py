@@ -53,7 +53,8 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 def reidentification(preset: Preset, anonymize: Anonymizer, train: Split, val: Split, test: Split,
                      runs: int, seed: int = 100) -> dict:
-    """Re-identification AUC of every attacker against ``anonymize``, and their maximum.
+    """Re-identification AUC of every attacker against ``anonymize``, and their maximum (over the
+    fixed attackers only when ``runs`` is 0).
 
     Returns
     -------
@@ -94,7 +95,7 @@ def reidentification(preset: Preset, anonymize: Anonymizer, train: Split, val: S
     maxima: list[dict[str, Any]] = [
         {"pooled": float(np.nanmax([f["pooled"] for f in [*fixed.values(), run]])),
          "by_source": {s: float(np.nanmax([f["by_source"][s] for f in [*fixed.values(), run]])) for s in sources}}
-        for run in learned
+        for run in (learned or [{"pooled": float("nan"), "by_source": dict.fromkeys(sources, float("nan"))}])
     ]
     for m in maxima:
         m["weighted"] = weighted(m["by_source"])
@@ -105,7 +106,8 @@ def reidentification(preset: Preset, anonymize: Anonymizer, train: Split, val: S
 
     return {
         "sources": sources, "scored": scored,
-        "attackers": {**{name: as_lists([f]) for name, f in fixed.items()}, "learned": as_lists(learned)},
+        "attackers": {**{name: as_lists([f]) for name, f in fixed.items()},
+                      **({"learned": as_lists(learned)} if learned else {})},
         "max": as_lists(maxima),
     }
 
