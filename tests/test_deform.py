@@ -234,10 +234,13 @@ def test_missing_model_is_a_configuration_error(inputs: Path, tmp_path: Path):
     (tmp_path / "key").write_bytes(KEY)
     (tmp_path / "model.onnx").write_bytes(b"not a model")
     result = CliRunner().invoke(main, ["run", str(inputs), str(tmp_path / "out"), "--key-file", str(tmp_path / "key"),
-                                       "--deform-model", str(tmp_path / "model.onnx")])
+                                       "--pixels", "deform", "--deform-model", str(tmp_path / "model.onnx")])
     assert result.exit_code == 3
     assert "metadata" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "out").exists()  # raised in the workers; the run leaves no empty OUT
+    ignored = CliRunner().invoke(main, ["run", str(inputs), str(tmp_path / "out"), "--key-file", str(tmp_path / "key"),
+                                        "--pixels", "none", "--deform-model", str(tmp_path / "model.onnx")])
+    assert ignored.exit_code == 3 and "--deform-model applies to --pixels deform" in ignored.output
 
 
 # -- eligibility, the [0, 1] map and DP-Pix, without the model --------------------------------
