@@ -166,7 +166,7 @@ def run(
             profile, options, key or secrets.token_bytes(32), header_only=header_only, pixels=pixels,
             max_object_size=max_object_size, **config_values(stage_values),
         )
-        if deform_model and config.pixels != "deform":
+        if config.deform_model and config.pixels != "deform":
             raise ValueError(f"--deform-model applies to --pixels deform, not --pixels {config.pixels}")
         if config.pixels == "deform" and not config.header_only:
             _warn_unmeasured(Path(config.deform_model) if config.deform_model else default_model(), log)
