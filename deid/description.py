@@ -140,7 +140,7 @@ def _context(
             "preset": info.get("preset", ""),
             "mu": info.get("mu", ""),
             "sha256": info.get("sha256", ""),
-            "measured": info.get("measured") or {},
+            "measured": measured_figures(info.get("privacy")),
         }
     return {
         "version": __version__,
@@ -168,6 +168,28 @@ def _context(
             Counter(row[6] for row in rows if row[1] == "quarantined").items(), key=lambda item: (-item[1], item[0])
         ),
     }
+
+
+def measured_figures(privacy: Any) -> dict[str, str]:
+    """The figures a model's metadata records of its measured privacy (``privacy``, as
+    :func:`deid.train.commands.privacy_record` writes it), one phrase each; empty when none."""
+    if not isinstance(privacy, dict) or "reid_auc" not in privacy:
+        return {}
+    figures = {
+        "re-identification AUC, strongest re-trained attacker, weighted over sources (test split)":
+            f"{privacy['reid_auc']:.3f} ± {privacy.get('reid_auc_std', 0):.3f} on deformed images against "
+            f"{privacy['real_reid_auc']:.3f} ± {privacy.get('real_reid_auc_std', 0):.3f} on real ones",
+    }
+    if "utility_auc" in privacy:
+        figures["utility, classifier mean AUC"] = (
+            f"{privacy['utility_auc']:.3f} on deformed images against {privacy['real_utility_auc']:.3f} on real ones"
+        )
+    if "runs" in privacy:
+        figures["attackers trained"] = str(privacy["runs"])
+    figures["the model card's privacy milestone"] = "met" if privacy.get("milestone") else "not met"
+    if privacy.get("card"):
+        figures["model card"] = f"`{privacy['card']}` in deid's source"
+    return figures
 
 
 def _pixel_lines(pixels: dict[str, Any], written: list[tuple]) -> list[str]:

@@ -80,3 +80,31 @@ def test_a_name_that_is_a_word_of_the_reports_is_no_leak_there_but_is_in_the_obj
     (tmp_path / "out" / "planted.txt").write_text("report for Modality")
     leaks = verify(tmp_path / "out", tmp_path / "in").leaks
     assert [place for group in leaks for place, _ in group.places] == ["planted.txt"]
+
+
+def test_the_model_and_its_measured_figures_come_from_its_metadata(tmp_path: Path):
+    import json
+
+    from deid.description import write_description
+    from deid.shipped import default_model
+
+    model = tmp_path / "model.onnx"
+    metadata = json.loads(default_model().with_suffix(".json").read_text())
+    metadata["privacy"] = {"reid_auc": 0.612, "reid_auc_std": 0.011, "real_reid_auc": 0.705,
+                           "real_reid_auc_std": 0.009, "utility_auc": 0.83, "real_utility_auc": 0.84, "runs": 3,
+                           "milestone": True, "card": "models/deform.md"}
+    model.with_suffix(".json").write_text(json.dumps(metadata))
+    identity = {"key_fingerprint": "f4aa5b431626", "profile": "basic", "profile_source": "basic", "options": [],
+                "pixels": {"text": "per modality", "text_fill": "black", "whole_image": "deform"}}
+    facts = {"name": "basic", "options": [], "codes": [["113100", "Basic Application Confidentiality Profile"]]}
+    rows = [("a.dcm", "written", "P/S/E/I.dcm", "", "", "header+deform", "", "", "", {})]
+    (tmp_path / "out").mkdir()
+    write_description(tmp_path / "out", tmp_path, identity, facts, rows, model)
+    text = (tmp_path / "out" / "DEIDENTIFICATION.md").read_text()
+    assert f"Model `{metadata['name']}`" in text and metadata["sha256"] in text
+    assert "0.612 ± 0.011 on deformed images against 0.705 ± 0.009 on real ones" in text
+    assert "privacy milestone: met" in text and "objects deformed: 1" in text
+    del metadata["privacy"]
+    model.with_suffix(".json").write_text(json.dumps(metadata))
+    write_description(tmp_path / "out", tmp_path, identity, facts, rows, model)
+    assert "records no measured figures" in (tmp_path / "out" / "DEIDENTIFICATION.md").read_text()
