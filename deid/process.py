@@ -1,56 +1,40 @@
 """The work of one input file, in whichever process runs it: read, gate, stages, write.
 
-Each worker process builds its stages once per configuration (:func:`worker_for`) and returns a
-:class:`~deid.audit.FileResult` per file; it never writes the ledger or the reports.
+Each worker process builds one :class:`~deid.api.Pipeline` per configuration (:func:`worker_for`),
+the one the Python API uses, and returns a :class:`~deid.audit.FileResult` per file; it never
+writes the ledger or the reports.
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from deid.api import Pipeline
 from deid.audit import FileResult
 from deid.config import RunConfig
 from deid.faults import EnvironmentFault
-from deid.header.profiles import Profile, load_profile
-from deid.pseudonyms import Pseudonymizer
 from deid.reader import (
-    check_decoded_size,
     check_inflation,
-    check_pixels,
     is_media_directory,
     read_dataset,
-    settle_transfer_syntax,
 )
-from deid.registry import BuildContext, build_stages
 from deid.review import preview_of
-from deid.stage import Instance, Quarantined, Stage
+from deid.stage import Quarantined
 from deid.writer import output_relpath, replace_file_meta, write_atomic
 
 
-@dataclass
-class Worker:
-    """The per-process state built once per configuration: profile, key and stages."""
-
-    profile: Profile
-    pseudo: Pseudonymizer
-    stages: tuple[Stage, ...]
-
-
 @lru_cache(maxsize=4)
-def worker_for(config: RunConfig) -> Worker:
-    """Build (once per process) the stages for ``config`` (:func:`deid.registry.build_stages`).
+def worker_for(config: RunConfig) -> Pipeline:
+    """The pipeline of ``config``, built once per process (:meth:`deid.api.Pipeline.from_config`).
 
     Raises
     ------
     ValueError
         If a stage cannot be built (unknown ``--pixels``, a model, rules, ONNX Runtime).
     """
-    profile = load_profile(config.profile, config.options)
-    pseudo = Pseudonymizer(config.key)
-    return Worker(profile, pseudo, build_stages(config, BuildContext(profile, pseudo)))
+    return Pipeline.from_config(config)
 
 
 def describe_object(ds) -> dict[str, object]:
@@ -95,12 +79,12 @@ def process_file(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return _take_to_end(
-            worker_for(config), input_root / src, output_root, src, sample_rate, config.max_object_size
+            worker_for(config), input_root / src, output_root, src, sample_rate
         )
 
 
 def _take_to_end(
-    worker: Worker, path: Path, output_root: Path, src: str, sample_rate: float, max_object_size: int
+    pipeline: Pipeline, path: Path, output_root: Path, src: str, sample_rate: float
 ) -> FileResult:
     try:
         stat = path.stat()
@@ -109,7 +93,7 @@ def _take_to_end(
     result = FileResult(src=src, status="quarantined", size=stat.st_size, mtime_ns=stat.st_mtime_ns)
     try:
         data = path.read_bytes()
-        check_inflation(data, max_object_size)
+        check_inflation(data, pipeline.config.max_object_size)
         ds = read_dataset(data)
         if ds is None:
             result.status, result.reason = "skipped", "not DICOM"
@@ -117,14 +101,10 @@ def _take_to_end(
         if is_media_directory(ds):
             result.status, result.reason = "skipped", "DICOMDIR (a media directory; --dicomdir writes one for OUT)"
             return result
-        settle_transfer_syntax(ds)
-        check_decoded_size(ds, max_object_size)
-        check_pixels(ds, len(data))
-        instance = Instance(ds)
-        for stage in worker.stages:
-            stage(instance)
+        pipeline.check(ds, len(data))
+        instance = pipeline.apply(ds)
         replace_file_meta(ds)
-        dst = output_relpath(instance, worker.pseudo)
+        dst = output_relpath(instance, pipeline.pseudo)
         result.sha256 = write_atomic(ds, output_root, dst, data)
     except Quarantined as exc:
         result.reason = str(exc)
@@ -148,4 +128,4 @@ def _take_to_end(
     return result
 
 
-__all__ = ["Worker", "worker_for", "process_file", "describe_object"]
+__all__ = ["worker_for", "process_file", "describe_object"]

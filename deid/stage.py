@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pydicom.dataset import FileDataset
+from pydicom.dataset import Dataset
 
 from deid.review import Region
 
@@ -62,7 +62,7 @@ class Instance:
         left it (``after`` only when the pixels changed), for the review page.
     """
 
-    ds: FileDataset
+    ds: Dataset
     header: HeaderResult | None = None
     stages: list[str] = field(default_factory=list)
     pixels_changed: bool = False
