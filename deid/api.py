@@ -23,7 +23,13 @@ from pydicom.uid import ExplicitVRLittleEndian
 from deid.config import RunConfig
 from deid.header.profiles import Profile, load_profile
 from deid.pseudonyms import Pseudonymizer
-from deid.reader import check_decoded_size, check_pixels, is_media_directory, settle_transfer_syntax
+from deid.reader import (
+    check_decoded_size,
+    check_pixels,
+    check_value_representations,
+    is_media_directory,
+    settle_transfer_syntax,
+)
 from deid.registry import BuildContext, build_stages
 from deid.stage import Instance, Quarantined, Stage
 from deid.writer import replace_file_meta
@@ -130,7 +136,8 @@ class Pipeline:
 
     def check(self, ds: Dataset, size: int = sys.maxsize) -> None:
         """The checks of a read dataset before the stages: its transfer syntax named, its
-        decoded size bounded, its native pixel data complete (``size``: the file's length).
+        elements' value representations sound, its decoded size bounded, its native pixel data
+        complete (``size``: the file's length).
 
         Raises
         ------
@@ -138,6 +145,7 @@ class Pipeline:
             If the dataset cannot be made safe as it is.
         """
         settle_transfer_syntax(ds)
+        check_value_representations(ds)
         check_decoded_size(ds, self.config.max_object_size)
         check_pixels(ds, size)
 

@@ -105,6 +105,7 @@ def _take_to_end(
         instance = pipeline.apply(ds)
         replace_file_meta(ds)
         dst = output_relpath(instance, pipeline.pseudo)
+        sop_class, meta = str(ds.SOPClassUID), describe_object(ds)  # what cannot be described is not written
         result.sha256 = write_atomic(ds, output_root, dst, data)
     except Quarantined as exc:
         result.reason = str(exc)
@@ -116,10 +117,9 @@ def _take_to_end(
         return result
     result.status = "written"
     result.dst = dst.as_posix()
-    result.sop_class = str(ds.SOPClassUID)
+    result.sop_class, result.meta = sop_class, meta
     result.stages = tuple(instance.stages)
     result.notes = "; ".join(instance.notes)
-    result.meta = describe_object(ds)
     result.uid_pairs = instance.header.uid_pairs if instance.header else {}
     result.patient_pair = instance.header.patient_pair if instance.header else ("", "")
     result.regions = tuple(instance.regions)

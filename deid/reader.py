@@ -24,6 +24,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
     MediaStorageDirectoryStorage,
 )
+from pydicom.valuerep import VR
 
 from deid.config import MAX_OBJECT_SIZE
 from deid.stage import Quarantined
@@ -61,9 +62,23 @@ def read_instance(data: bytes, max_object_size: int = MAX_OBJECT_SIZE) -> FileDa
     if ds is None:
         return None
     settle_transfer_syntax(ds)
+    check_value_representations(ds)
     check_decoded_size(ds, max_object_size)
     check_pixels(ds, len(data))
     return ds
+
+
+#: The value representations of PS3.5, as pydicom names them.
+_KNOWN_VRS = frozenset(vr.value for vr in VR)
+
+
+def check_value_representations(ds: Dataset) -> None:
+    """Quarantine a data set with a top-level element whose value representation is not one of
+    DICOM's (damaged bytes): pydicom cannot decode it, and it cannot be judged or cleaned."""
+    for tag in ds.keys():
+        vr = getattr(ds.get_item(tag, keep_deferred=True), "VR", None)
+        if vr is not None and vr not in _KNOWN_VRS:
+            raise Quarantined(f"damaged element {tag}: its value representation is not one of DICOM's")
 
 
 def check_inflation(data: bytes, limit: int) -> None:
@@ -241,6 +256,7 @@ __all__ = [
     "read_dataset",
     "check_file_meta",
     "check_complete",
+    "check_value_representations",
     "settle_transfer_syntax",
     "check_pixels",
     "is_media_directory",

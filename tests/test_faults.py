@@ -432,3 +432,15 @@ def test_a_damaged_dicm_prefix_is_quarantined_not_skipped(tmp_path: Path):
     summary = run(CONFIG, inputs, tmp_path / "out", jobs=1)
     assert summary.counts == {"written": 1, "quarantined": 1, "skipped": 1}  # README.txt is not DICOM
     assert _reasons(tmp_path / "out.audit")["DOE_JOHN0_MRN445560/IM0001.dcm"].startswith("damaged DICOM prefix")
+
+
+def test_an_element_with_a_damaged_value_representation_is_quarantined(tmp_path: Path):
+    path = write(make_ct(), tmp_path / "in" / "vr.dcm")
+    data = path.read_bytes()
+    modality = data.index(b"\x08\x00\x60\x00CS")  # (0008,0060) Modality, explicit VR
+    path.write_bytes(data[: modality + 4] + b"C[" + data[modality + 6 :])
+    summary = run(CONFIG, tmp_path / "in", tmp_path / "out", jobs=1)
+    assert summary.counts == {"written": 0, "quarantined": 1, "skipped": 0}
+    assert _reasons(tmp_path / "out.audit")["vr.dcm"] == (
+        "damaged element (0008,0060): its value representation is not one of DICOM's"
+    )

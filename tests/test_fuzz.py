@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.corpus
+
 #: How many mutated inputs, and the seed that makes them.
 MUTANTS = 300
 SEED = 19
