@@ -12,6 +12,7 @@ import warnings
 import zlib
 
 from pydicom import dcmread
+from pydicom.datadict import dictionary_has_tag, dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.errors import InvalidDicomError
@@ -70,15 +71,31 @@ def read_instance(data: bytes, max_object_size: int = MAX_OBJECT_SIZE) -> FileDa
 
 #: The value representations of PS3.5, as pydicom names them.
 _KNOWN_VRS = frozenset(vr.value for vr in VR)
+#: VRs whose values are short runs of printable ASCII characters (PS3.5 6.2).
+_ASCII_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI"})
+#: Bytes no value of those VRs holds: controls (element headers and lengths are full of them) and
+#: bytes above ASCII; UI values may end in one NUL.
+_NOT_ASCII = bytes(range(0x20)) + bytes(range(0x7F, 0x100))
 
 
 def check_value_representations(ds: Dataset) -> None:
     """Quarantine a data set with a top-level element whose value representation is not one of
-    DICOM's (damaged bytes): pydicom cannot decode it, and it cannot be judged or cleaned."""
+    DICOM's, or whose value of an ASCII VR holds control or non-ASCII bytes: a length damaged so
+    that the value swallows the elements after it, which a kept element would copy into the
+    release, identifying values and all."""
     for tag in ds.keys():
-        vr = getattr(ds.get_item(tag, keep_deferred=True), "VR", None)
+        element = ds.get_item(tag, keep_deferred=True)
+        vr = getattr(element, "VR", None)
         if vr is not None and vr not in _KNOWN_VRS:
             raise Quarantined(f"damaged element {tag}: its value representation is not one of DICOM's")
+        if not isinstance(element, RawDataElement) or element.length in (0, 0xFFFFFFFF):
+            continue
+        if vr in (None, "UN"):  # implicit VR, or unknown to the writer: the dictionary's
+            vr = dictionary_VR(tag) if dictionary_has_tag(tag) else None
+        if vr in _ASCII_VRS:
+            value = element.value
+            if value is None or value.rstrip(b"\x00").translate(None, _NOT_ASCII) != value.rstrip(b"\x00"):
+                raise Quarantined(f"damaged element {tag}: its value is not a valid {vr}")
 
 
 def check_inflation(data: bytes, limit: int) -> None:

@@ -444,3 +444,15 @@ def test_an_element_with_a_damaged_value_representation_is_quarantined(tmp_path:
     assert _reasons(tmp_path / "out.audit")["vr.dcm"] == (
         "damaged element (0008,0060): its value representation is not one of DICOM's"
     )
+
+
+def test_a_kept_value_that_swallows_the_next_element_is_quarantined_not_copied(tmp_path: Path):
+    path = write(make_ct(), tmp_path / "in" / "long.dcm")
+    data = path.read_bytes()
+    thickness = data.index(b"\x18\x00\x50\x00DS\x04\x001.0 ")  # Slice Thickness, kept by the profile
+    assert data[thickness + 12 : thickness + 30] == b"\x18\x00\x00\x10LO\x0a\x00SN-778899 "  # the serial after it
+    damaged = data[: thickness + 6] + (4 + 8 + 10).to_bytes(2, "little") + data[thickness + 8 :]
+    path.write_bytes(damaged)  # its length now takes in the serial number
+    summary = run(CONFIG, tmp_path / "in", tmp_path / "out", jobs=1)
+    assert summary.counts == {"written": 0, "quarantined": 1, "skipped": 0}
+    assert _reasons(tmp_path / "out.audit")["long.dcm"] == "damaged element (0018,0050): its value is not a valid DS"
