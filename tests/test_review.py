@@ -18,6 +18,7 @@ from test_text import draw, ultrasound
 
 from conftest import KEY, REPO, make_ct, write
 from deid.pipeline import RunConfig, run
+from deid.review import write_page
 
 pytest.importorskip("onnxruntime", reason="the text stage needs ONNX Runtime (the cpu extra)")
 #: Where `DEID_README_SCREENSHOT=1 python -m pytest tests/test_review.py` puts the README's picture.
@@ -142,3 +143,13 @@ def test_pictures_come_back_from_dask_workers(release, tmp_path: Path):
     local = sorted(p.name for p in (audit / "review" / "img").iterdir())
     assert sorted(p.name for p in (tmp_path / "out.audit" / "review" / "img").iterdir()) == local
     assert (tmp_path / "out.audit" / "boxes.csv").read_text() == (audit / "boxes.csv").read_text()
+
+
+def test_text_read_from_pixels_and_input_paths_are_escaped(tmp_path: Path):
+    region = {"layer": "ocr", "x": 1, "y": 1, "width": 2, "height": 2, "masked": True, "text": "<script>x()</script>"}
+    changed = [{"token": "T", "output": "o.dcm", "stages": ["text"], "notes": "", "columns": 10, "rows": 10,
+                "pictures": True, "regions": [region]}]
+    page = write_page(tmp_path, {"counts": {"written": 1, "quarantined": 1, "skipped": 0}, "profile": "basic",
+                                 "options": [], "changed": changed, "samples": [],
+                                 "quarantined": [{"input": "<b>a.dcm", "reason": "truncated file"}]}).read_text()
+    assert "<script>x()" not in page and "&lt;script&gt;x()" in page and "&lt;b&gt;a.dcm" in page
