@@ -36,6 +36,11 @@ from pathlib import Path
 
 import record
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+# the tests' helpers: one way to find a run's processes, one set of mutations
+from test_faults import _session as session
+from test_fuzz import _bases, mutate
+
 SCRATCH = Path("/tmp/deid-faults")
 KEY = "0123456789abcdef0123456789abcdef\n"
 
@@ -43,20 +48,6 @@ KEY = "0123456789abcdef0123456789abcdef\n"
 def digest(root: Path) -> dict[str, str]:
     return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def session(sid: int) -> list[int]:
-    """Live processes of session ``sid``."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[3]) == sid and fields[0] not in "ZX":
-                pids.append(int(entry))
-    return pids
 
 
 def deid(*args: str, **kwargs) -> subprocess.CompletedProcess:
@@ -118,9 +109,6 @@ def disk_trial(corpus: Path, reference: dict[str, str], release_bytes: int) -> d
 
 
 def fuzz_trial(count: int, seed: int) -> dict:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from test_fuzz import _bases, mutate
-
     shared = Path(os.environ.get("DEID_SHARED", Path(__file__).resolve().parents[2] / "shared"))
     inputs = SCRATCH / "fuzz"
     shutil.rmtree(inputs.parent / "fuzz-out", ignore_errors=True)
