@@ -1,6 +1,6 @@
 """Generate the TOML rule profiles in rules/ from the machine-readable PS3.15 tables.
 
-Usage::
+Usage (highdicom comes with the ``rules`` extra: ``pip install -e ".[rules]"``)::
 
     python rules/generate.py [--standard ../shared/standard]
 
