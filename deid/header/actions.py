@@ -1,23 +1,23 @@
 """The PS3.15 action codes as small callable classes.
 
-Each action takes the file's :class:`~deid.header.engine.FileContext`, the dataset and the
-tag, changes the dataset in place and returns whether it changed anything.
-``describe()`` says what the action does, so ``deid profiles show`` can list it.
+Each action takes the file's context (:class:`ActionContext`, which the header engine's
+:class:`~deid.header.engine.FileContext` is), the dataset, the tag and the VR, and changes that
+one element's value in place. Sequences are the walker's: it removes or empties them by the
+action's code, or walks their items (:meth:`~deid.header.engine.FileContext.walk_sequence`), so
+no action recurses. ``describe()`` says what the action does, so ``deid profiles show`` can list it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar, Protocol
 
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
-from deid.pseudonyms import shift_da, shift_dt
-
-if TYPE_CHECKING:
-    from deid.header.engine import FileContext
+from deid.header.profiles import Profile
+from deid.pseudonyms import Pseudonymizer, shift_da, shift_dt
 
 #: VRs holding free text, examined for the object's own identifying values.
 TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC", "AE"})
@@ -31,13 +31,28 @@ _INT_VRS = frozenset({"FL", "FD", "SL", "SS", "UL", "US", "SV", "UV", "AT"})
 PATIENT_PSEUDONYM_TAGS = frozenset({0x00100010, 0x00100020})
 
 
+class ActionContext(Protocol):
+    """What an action may use of the file being de-identified."""
+
+    profile: Profile
+    pseudo: Pseudonymizer
+    patient_pseudonym: str
+    shift_days: int
+
+    def map_uid(self, uid: str) -> str:
+        """The keyed replacement of ``uid``."""
+
+    def redact_text(self, ds: Dataset, tag: BaseTag) -> None:
+        """Remove identifying values from the text at ``tag``."""
+
+
 class Action:
     """Base of the action codes."""
 
     code: ClassVar[str]
     summary: ClassVar[str]
 
-    def __call__(self, ctx: FileContext, ds: Dataset, tag: BaseTag, vr: str) -> bool:
+    def __call__(self, ctx: ActionContext, ds: Dataset, tag: BaseTag, vr: str) -> None:
         raise NotImplementedError
 
     def describe(self) -> str:
@@ -49,57 +64,44 @@ def _set(ds: Dataset, tag: BaseTag, vr: str, value: object) -> None:
     ds[tag] = DataElement(tag, vr, value)
 
 
-def recurse(ctx: FileContext, ds: Dataset, tag: BaseTag) -> bool:
-    """Apply the profile to every item of the sequence at ``tag``."""
-    element = ds[tag]
-    if element.VR != "SQ":
-        return False
-    ctx.walk_sequence(ds, tag, element.value)
-    return True
-
-
 class Keep(Action):
     code = "K"
     summary = "keep the value; sequences are kept and their items cleaned by the profile"
 
-    def __call__(self, ctx: FileContext, ds: Dataset, tag: BaseTag, vr: str) -> bool:
-        return recurse(ctx, ds, tag) if vr == "SQ" else False
+    def __call__(self, ctx: ActionContext, ds: Dataset, tag: BaseTag, vr: str) -> None:
+        """The value stays as it is."""
 
 
 class Remove(Action):
     code = "X"
     summary = "remove the attribute (a sequence with all its items)"
 
-    def __call__(self, ctx: FileContext, ds: Dataset, tag: BaseTag, vr: str) -> bool:
+    def __call__(self, ctx: ActionContext, ds: Dataset, tag: BaseTag, vr: str) -> None:
         del ds[tag]
-        return True
 
 
 class Empty(Action):
     code = "Z"
     summary = "replace with a zero-length value (Patient's Name and ID: the patient pseudonym)"
 
-    def __call__(self, ctx: FileContext, ds: Dataset, tag: BaseTag, vr: str) -> bool:
+    def __call__(self, ctx: ActionContext, ds: Dataset, tag: BaseTag, vr: str) -> None:
         if tag in PATIENT_PSEUDONYM_TAGS:
             _set(ds, tag, vr, ctx.patient_pseudonym)
         elif vr == "SQ":
             _set(ds, tag, vr, Sequence())
         else:
             _set(ds, tag, vr, None)
-        return True
 
 
 class Dummy(Action):
     code = "D"
     summary = "replace with a dummy of the VR: keyed token for text and IDs, fixed for dates and numbers"
 
-    def __call__(self, ctx: FileContext, ds: Dataset, tag: BaseTag, vr: str) -> bool:
-        if vr == "SQ":
-            return recurse(ctx, ds, tag)
+    def __call__(self, ctx: ActionContext, ds: Dataset, tag: BaseTag, vr: str) -> None:
         if tag in PATIENT_PSEUDONYM_TAGS:
             _set(ds, tag, vr, ctx.patient_pseudonym)
         elif vr == "UI":
-            return REPLACE_UID(ctx, ds, tag, vr)
+            REPLACE_UID(ctx, ds, tag, vr)
         elif vr in TOKEN_VRS or vr == "PN":
             _set(ds, tag, vr, ctx.pseudo.token(str(ds[tag].value or "")))
         elif vr in _TIME_DUMMY:
@@ -114,7 +116,6 @@ class Dummy(Action):
             _set(ds, tag, vr, "urn:deid")
         else:
             _set(ds, tag, vr, None)
-        return True
 
 
 class Clean(Action):
@@ -125,50 +126,44 @@ class Clean(Action):
         "phone numbers, dates, IDs and UIDs found in it, sequences cleaned item by item"
     )
 
-    def __call__(self, ctx: FileContext, ds: Dataset, tag: BaseTag, vr: str) -> bool:
-        if vr == "SQ":
-            return recurse(ctx, ds, tag)
+    def __call__(self, ctx: ActionContext, ds: Dataset, tag: BaseTag, vr: str) -> None:
         if vr in ("DA", "DT"):
-            return SHIFT_DATE(ctx, ds, tag, vr)
-        if vr in TEXT_VRS or vr in ("PN", "CS"):
-            return ctx.redact_text(ds, tag)
-        return False
+            SHIFT_DATE(ctx, ds, tag, vr)
+        elif vr in TEXT_VRS or vr in ("PN", "CS"):
+            ctx.redact_text(ds, tag)
 
 
 class ReplaceUID(Action):
     code = "U"
     summary = "replace with a keyed 2.25 UID, the same wherever the original UID appears"
 
-    def __call__(self, ctx: FileContext, ds: Dataset, tag: BaseTag, vr: str) -> bool:
-        if vr == "SQ":
-            return recurse(ctx, ds, tag)
+    def __call__(self, ctx: ActionContext, ds: Dataset, tag: BaseTag, vr: str) -> None:
         if vr != "UI":
-            return DUMMY(ctx, ds, tag, vr)
+            DUMMY(ctx, ds, tag, vr)
+            return
         element = ds[tag]
         if element.VM == 0:
-            return False
+            return
         values = element.value if element.VM > 1 else [element.value]
         mapped = [ctx.map_uid(str(v)) for v in values]
         element.value = mapped if element.VM > 1 else mapped[0]
-        return True
 
 
 class ShiftDate(Action):
     code = "C"
     summary = "shift the date back by the patient's keyed offset, keeping time of day"
 
-    def __call__(self, ctx: FileContext, ds: Dataset, tag: BaseTag, vr: str) -> bool:
+    def __call__(self, ctx: ActionContext, ds: Dataset, tag: BaseTag, vr: str) -> None:
         if ctx.profile.date_option != "modified":
-            return EMPTY(ctx, ds, tag, vr)
+            EMPTY(ctx, ds, tag, vr)
+            return
         element = ds[tag]
         if element.VM == 0:
-            return False
+            return
         shift = shift_da if vr == "DA" else shift_dt
         values = element.value if element.VM > 1 else [element.value]
         shifted = [shift(str(v), ctx.shift_days) for v in values]
         element.value = shifted if element.VM > 1 else shifted[0]
-        ctx.dates_shifted = True
-        return True
 
 
 KEEP, REMOVE, EMPTY, DUMMY = Keep(), Remove(), Empty(), Dummy()

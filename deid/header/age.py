@@ -8,16 +8,12 @@ it off with ``hipaa_age_cap = false`` in its profile's ``[profile]`` table.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 
-from deid.header.actions import Action
-
-if TYPE_CHECKING:
-    from deid.header.engine import FileContext
+from deid.header.actions import Action, ActionContext
 
 #: Patient's Age (0010,1010).
 PATIENT_AGE = 0x00101010
@@ -45,16 +41,14 @@ class CapAge(Action):
     code = "K"
     summary = "keep the age, but write 090Y for any age over 89 years (HIPAA Safe Harbor)"
 
-    def __call__(self, ctx: FileContext, ds: Dataset, tag: BaseTag, vr: str) -> bool:
+    def __call__(self, ctx: ActionContext, ds: Dataset, tag: BaseTag, vr: str) -> None:
         value = ds[tag].value
         if isinstance(value, bytes):  # read as UN
             value = value.decode("latin-1")
         text = str(value or "")
         capped = capped_age(text)
-        if capped == text:
-            return False
-        ds[tag] = DataElement(tag, "AS", capped)
-        return True
+        if capped != text:
+            ds[tag] = DataElement(tag, "AS", capped)
 
 
 CAP_AGE = CapAge()

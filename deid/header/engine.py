@@ -30,6 +30,7 @@ from deid.header.actions import (
     REPLACE_UID,
     SHIFT_DATE,
     TEXT_VRS,
+    Action,
 )
 from deid.header.age import CAP_AGE, PATIENT_AGE
 from deid.header.iod import attribute_types, resolve_compound
@@ -218,8 +219,6 @@ class FileContext:
     original_patient_id: str = ""
     declared_private: dict[tuple[int, str], DeclaredPrivateBlock] = field(default_factory=dict)
     declared_vrs: dict[tuple[int, str, int], str] = field(default_factory=dict)
-    dates_shifted: bool = False
-    text_redacted: int = 0
 
     def map_uid(self, uid: str) -> str:
         """The keyed replacement of ``uid``; well-known UIDs are returned unchanged."""
@@ -230,7 +229,7 @@ class FileContext:
         self.uid_pairs[uid] = new
         return new
 
-    def redact_text(self, ds: Dataset, tag: BaseTag) -> bool:
+    def redact_text(self, ds: Dataset, tag: BaseTag) -> None:
         """Remove identifying values from the text at ``tag``: the object's own, in any spelling,
         and those of others that :mod:`deid.freetext` detects."""
         raw = ds.get_item(tag)
@@ -240,36 +239,32 @@ class FileContext:
             and raw.value.isascii()
             and not needs_cleaning(raw.value.decode("ascii"), self.identifying)
         ):
-            return False  # nothing to strip: leave the element raw, as read
+            return  # nothing to strip: leave the element raw, as read
         element = ds[tag]
         if element.VM == 0:
-            return False
+            return
         values = element.value if element.VM > 1 else [element.value]
         # a value cleaned to nothing gets a keyed token (as D), so a Type 1 label stays present
         cleaned = [clean_text(str(v), self.identifying) or (self.pseudo.token(str(v)) if str(v).strip() else "")
                    for v in values]
         if cleaned == [str(v).strip() for v in values]:
-            return False
+            return
         element.value = cleaned if element.VM > 1 else cleaned[0]
-        self.text_redacted += 1
-        return True
 
-    def redact_bytes(self, ds: Dataset, tag: BaseTag) -> bool:
+    def redact_bytes(self, ds: Dataset, tag: BaseTag) -> None:
         """Clean a value of unknown VR that reads as text as :meth:`redact_text` cleans text; it
         stays UN."""
         value = ds[tag].value
         if not isinstance(value, bytes) or not looks_like_text(value):
-            return False
+            return
         encodings = ds._character_set
         encodings = [encodings] if isinstance(encodings, str) else list(encodings)
         text = decode_bytes(value, encodings, set())
         if not needs_cleaning(text, self.identifying):
-            return False
+            return
         cleaned = clean_text(text, self.identifying)
         encoded = encode_string(cleaned, encodings)
         ds[tag] = DataElement(tag, "UN", encoded + b" " * (len(encoded) % 2))
-        self.text_redacted += 1
-        return True
 
     def attribute_type(self, keyword: str) -> str | None:
         if self.types is None:
@@ -307,10 +302,20 @@ class FileContext:
                 del ds[tag]  # a public tag outside the dictionary (a bit flip, a draft): unknown content
                 continue
             vr = _vr_of(raw, tag)
-            self._action(tag, vr)(self, ds, tag, vr)
+            self._apply(self._action(tag, vr), ds, tag, vr)
         for creator_tag in creators:
             if creator_tag not in creators_used:
                 del ds[creator_tag]
+
+    def _apply(self, action: Action, ds: Dataset, tag: BaseTag, vr: str) -> None:
+        """Apply ``action`` to the element at ``tag``; a sequence that is neither removed nor
+        emptied keeps its items, each walked in turn (the walker owns the recursion)."""
+        if vr == "SQ" and action is not REMOVE and action is not EMPTY:
+            element = ds[tag]
+            if element.VR == "SQ":
+                self.walk_sequence(ds, tag, element.value)
+            return
+        action(self, ds, tag, vr)
 
     def walk_sequence(self, ds: Dataset, tag: BaseTag, items: Sequence) -> None:
         """Apply the profile to each item of a sequence; SR content items by concept."""
@@ -328,7 +333,7 @@ class FileContext:
 
     # -- decisions ---------------------------------------------------------------------------
 
-    def _action(self, tag: BaseTag, vr: str):
+    def _action(self, tag: BaseTag, vr: str) -> Action:
         rule = self.profile.rule_for_tag(tag)
         if rule is None or not rule.site:
             rule = self.profile.by_vr.get(vr, rule)
@@ -343,7 +348,7 @@ class FileContext:
             return BY_CODE[code]
         return self._by_vr(tag, vr)
 
-    def _by_vr(self, tag: BaseTag, vr: str):
+    def _by_vr(self, tag: BaseTag, vr: str) -> Action:
         """Attributes the tables do not list, handled by VR (PS3.15 E.1.1 note on dates)."""
         if vr == "SQ":
             return KEEP
@@ -385,7 +390,7 @@ class FileContext:
                 if code == "C":
                     self.redact_bytes(ds, tag)
                 return True
-        BY_CODE[code](self, ds, tag, vr)
+        self._apply(BY_CODE[code], ds, tag, vr)
         return tag in ds
 
     def _read_unknown_private(self, ds: Dataset, tag: BaseTag) -> str:
@@ -470,7 +475,7 @@ class HeaderEngine:
         Returns
         -------
         FileContext
-            What was done: UID pairs, patient pseudonym, whether dates were shifted.
+            What was done: UID pairs, patient pseudonym, the identifying values.
         """
         ctx = self.context(ds)
         ctx.walk(ds)
