@@ -23,7 +23,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deid.review import Preview, Region, write_preview
+from deid.review import Preview, write_preview
+from deid.stage import Region
 
 #: The three ends an input can reach.
 STATUSES = ("written", "quarantined", "skipped")

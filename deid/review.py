@@ -37,29 +37,6 @@ LAYER_NAMES = {
 
 
 @dataclass(frozen=True)
-class Region:
-    """A region of an image a pixel stage looked at.
-
-    Attributes
-    ----------
-    layer
-        The detection layer that found it: ``rules`` (known region), ``ultrasound`` (outside the
-        declared regions) or ``ocr``.
-    box
-        ``(x, y, width, height)`` in full-resolution pixels.
-    text
-        What OCR read there (PHI; empty for the known-region layers).
-    masked
-        Whether it was blanked; ``False`` for a line kept in ``sensitive`` mode (a marker).
-    """
-
-    layer: str
-    box: tuple[int, int, int, int]
-    text: str = ""
-    masked: bool = True
-
-
-@dataclass(frozen=True)
 class Preview:
     """Downsized pictures of an object's first frame, as PNG bytes (PHI: private).
 
@@ -165,6 +142,6 @@ def write_page(audit_dir: Path, context: dict[str, Any]) -> Path:
 
 
 __all__ = [
-    "Region", "Preview", "preview_of", "sampled", "sample_rate", "write_preview", "write_page", "review_page",
+    "Preview", "preview_of", "sampled", "sample_rate", "write_preview", "write_page", "review_page",
     "REVIEW_DIR",
 ]

@@ -8,11 +8,34 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from pydicom.dataset import Dataset
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
-from deid.review import Region
+
+
+@dataclass(frozen=True)
+class Region:
+    """A region of an image a pixel stage looked at.
+
+    Attributes
+    ----------
+    layer
+        The detection layer that found it: ``rules`` (known region), ``ultrasound`` (outside the
+        declared regions) or ``ocr``.
+    box
+        ``(x, y, width, height)`` in full-resolution pixels.
+    text
+        What OCR read there (PHI; empty for the known-region layers).
+    masked
+        Whether it was blanked; ``False`` for a line kept in ``sensitive`` mode (a marker).
+    """
+
+    layer: str
+    box: tuple[int, int, int, int]
+    text: str = ""
+    masked: bool = True
 
 
 class Quarantined(Exception):

@@ -9,7 +9,6 @@ import numpy as np
 from deid.pixels.derive import WholeImageStage
 from deid.pixels.eligibility import Eligibility, load_eligibility
 from deid.pseudonyms import Pseudonymizer
-from deid.registry import DP_PIX
 from deid.stage import Instance
 
 
@@ -73,7 +72,8 @@ class DpPixStage(WholeImageStage):
     pseudo
         The run's key.
     block, epsilon, m
-        See :func:`dp_pix`; the cell side is in pixels of the stored image.
+        See :func:`dp_pix`; the cell side is in pixels of the stored image (``deid run`` passes
+        :data:`deid.registry.DP_PIX` unless told otherwise).
     eligibility
         Which objects are changed; default the shipped rules/pixel/deform.toml.
     """
@@ -83,9 +83,9 @@ class DpPixStage(WholeImageStage):
     def __init__(
         self,
         pseudo: Pseudonymizer,
-        block: int = DP_PIX[0],
-        epsilon: float = DP_PIX[1],
-        m: float = DP_PIX[2],
+        block: int,
+        epsilon: float,
+        m: float,
         eligibility: Eligibility | None = None,
     ) -> None:
         if block < 1 or epsilon <= 0 or m <= 0:

@@ -23,8 +23,7 @@ from deid.pixels.ocr import read_text
 from deid.pixels.regions import Box, RegionRules, load_region_rules
 from deid.pixels.render import fill_value, frames_of, to_display
 from deid.pixels.small_text import read_small_text
-from deid.review import Region
-from deid.stage import Instance, Quarantined
+from deid.stage import Instance, Quarantined, Region
 
 #: Modalities whose text is kept in ``sensitive`` mode when it is safe (markers, positioning):
 #: radiographs and cross-sectional images, where L/R markers matter to readers. Everything else
