@@ -10,7 +10,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from conftest import KEY, REPO, make_ct
 from deid.freetext.clean import clean_text
@@ -20,6 +20,8 @@ from deid.header.engine import HeaderEngine
 from deid.header.profiles import load_profile
 from deid.pseudonyms import Pseudonymizer
 
+#: Both byte orders, and implicit VR (text and PN read through the dictionary's VR).
+SYNTAXES = [ExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian]
 SMITH = [("name", "SMITH^JANE"), ("id", "MRN445566"), ("date", "19310214"), ("text", "12 Elm Street, Springfield")]
 
 
@@ -134,7 +136,8 @@ def in_byte_order(ds: Dataset, syntax) -> Dataset:
     """``ds`` written in ``syntax`` and read back (raw elements, as a run reads them)."""
     ds.file_meta.TransferSyntaxUID = syntax
     buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True, little_endian=syntax == ExplicitVRLittleEndian, implicit_vr=False)
+    ds.save_as(buffer, enforce_file_format=True, little_endian=syntax != ExplicitVRBigEndian,
+               implicit_vr=syntax == ImplicitVRLittleEndian)
     buffer.seek(0)
     return dcmread(buffer)
 
@@ -147,7 +150,7 @@ def phi_ct() -> Dataset:
     return ds
 
 
-@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ExplicitVRBigEndian])
+@pytest.mark.parametrize("syntax", SYNTAXES)
 def test_research_cleans_descriptors_at_every_depth(syntax):
     """Profile research (Clean Descriptors): top level, functional groups (Frame Comments) and a
     sequence three levels deep."""
@@ -173,7 +176,7 @@ def test_research_cleans_descriptors_at_every_depth(syntax):
     assert level3.ContentDescription == "key image, wife"
 
 
-@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ExplicitVRBigEndian])
+@pytest.mark.parametrize("syntax", SYNTAXES)
 def test_clean_structured_content_cleans_sr_text_items(syntax):
     """Profile research + Clean Structured Content: TEXT items of a nested content tree."""
     ds = phi_ct()
@@ -230,7 +233,7 @@ def test_rules_outside_the_table_are_generated_and_in_sync():
     assert text == OUTSIDE_TABLE_HEADER + "\n" + "\n".join(outside_table_blocks())
 
 
-@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ExplicitVRBigEndian])
+@pytest.mark.parametrize("syntax", SYNTAXES)
 def test_basic_acts_on_identifying_attributes_outside_the_table(syntax):
     """Profile basic: issuer qualifiers go, a content label loses the name, a segment label becomes
     a keyed token, a segment description goes; research (Clean Descriptors) cleans the last two."""
