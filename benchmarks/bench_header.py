@@ -20,6 +20,7 @@ tool that stops at the first input it cannot handle shows as such instead of as 
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import shutil
 import statistics
@@ -32,7 +33,8 @@ from pathlib import Path
 import record
 
 CACHE = Path.home() / ".cache" / "deid-bench"
-SCRATCH = Path("/dev/shm/deid-bench") if Path("/dev/shm").is_dir() else Path("/tmp/deid-bench")
+#: One folder per benchmark process: two benchmarks at once must not write into each other's output.
+SCRATCH = (Path("/dev/shm") if Path("/dev/shm").is_dir() else Path("/tmp")) / f"deid-bench-{os.getpid()}"
 
 FLOOR = """
 import sys
@@ -188,6 +190,7 @@ def main() -> None:
     parser.add_argument("--record", type=Path)
     args = parser.parse_args()
     SCRATCH.mkdir(parents=True, exist_ok=True)
+    atexit.register(shutil.rmtree, SCRATCH, True)
     key = SCRATCH / "key"
     key.write_text("benchmark-key-0123456789abcdef\n")
     files = sum(1 for p in args.corpus.rglob("*") if p.is_file())
