@@ -22,7 +22,7 @@ PERSON, ADDRESS, PHONE, DATE, ID, UID, EMAIL = "PERSON", "ADDRESS", "PHONE", "DA
 
 #: Regions whose national number formats are tried for a telephone number without a country code.
 PHONE_REGIONS = ("US", "GB", "DE", "FR", "NL", "ES", "IT", "RU")
-#: Values searched at most; longer ones are rare (reports) and cut into pieces of this length.
+#: Distinct values whose findings each worker process remembers.
 CACHE_SIZE = 8192
 
 _UPPER = r"[^\W\d_a-zß-ÿа-я]"  # an upper-case letter of any script
