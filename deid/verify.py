@@ -580,7 +580,7 @@ class Check(Protocol):
 
 CHECKS: dict[str, Check] = {}
 #: Modules whose checks register themselves (with :func:`register_check`) when imported.
-CHECK_MODULES: tuple[str, ...] = ()
+CHECK_MODULES: tuple[str, ...] = ("deid.checks",)  # the unread-value and pixel checks
 
 
 def register_check(check: type | Check) -> Any:
@@ -851,8 +851,6 @@ def verify(
     for module in CHECK_MODULES:
         importlib.import_module(module)
     release = Release(output_dir, input_dir, audit_dir, profile)
-    import deid.checks  # noqa: F401 - registers the unread-value and pixel checks
-
     chosen = (
         [CHECKS[name] for name in checks] if checks is not None
         else [c for c in CHECKS.values() if ocr or not getattr(c, "opt_in", False)]
