@@ -151,12 +151,12 @@ def run(
 ) -> None:
     """De-identify every DICOM file under INPUT_DIR into OUTPUT_DIR."""
     from deid.header.profiles import ProfileError
-    from deid.keys import KeyFileError, load_key
+    from deid.keys import KeyFileError, key_path, load_key
     from deid.lifeline import Terminated, sigterm_as_interrupt
     from deid.pipeline import EnvironmentFault, LockedError, RunConfig, default_audit_dir
     from deid.pipeline import run as run_pipeline
     from deid.release import ReleaseMismatch
-    from deid.terminal import key_source, summary_lines
+    from deid.terminal import summary_lines
 
     json_lines = logs.configure(json_logs, verbose, quiet)
     log = structlog.get_logger()
@@ -211,7 +211,7 @@ def run(
             audit=str(audit),
         )
     elif not quiet:
-        for line in summary_lines(summary, output_dir.resolve(), audit, key_source(key_file)):
+        for line in summary_lines(summary, output_dir.resolve(), audit, key_path(key_file)):
             click.echo(line, err=True)
     gc.freeze()  # spares the interpreter's final collection, which walks every object for nothing
     sys.exit(summary.exit_code)

@@ -23,6 +23,13 @@ def default_key_path() -> Path:
     return Path(platformdirs.user_config_dir("deid")) / "key"
 
 
+def key_path(key_file: Path | None) -> Path:
+    """The key file a run reads: ``key_file``, else ``$DEID_KEY_FILE``, else :func:`default_key_path`."""
+    if key_file is None and os.environ.get(KEY_FILE_ENV):
+        return Path(os.environ[KEY_FILE_ENV])
+    return key_file or default_key_path()
+
+
 def load_key(key_file: Path | None, create: bool = True) -> bytes | None:
     """Read the secret key, creating the per-user default key once if none is given.
 
@@ -48,22 +55,20 @@ def load_key(key_file: Path | None, create: bool = True) -> bytes | None:
     KeyFileError
         If the key file is missing, empty or shorter than 16 bytes.
     """
-    if key_file is None and os.environ.get(KEY_FILE_ENV):
-        key_file = Path(os.environ[KEY_FILE_ENV])
-    if key_file is None:
-        key_file = default_key_path()
-        if not key_file.exists():
-            if not create:
-                return None
-            key_file.parent.mkdir(parents=True, exist_ok=True)
-            descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(descriptor, "w") as handle:
-                handle.write(secrets.token_hex(32) + "\n")
-            structlog.get_logger().warning(
-                "created a new secret key; keep it safe and pass it with --key-file "
-                "so that pseudonyms stay the same on other machines",
-                key_file=str(key_file),
-            )
+    default = key_file is None and not os.environ.get(KEY_FILE_ENV)
+    key_file = key_path(key_file)
+    if default and not key_file.exists():
+        if not create:
+            return None
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_hex(32) + "\n")
+        structlog.get_logger().warning(
+            "created a new secret key; keep it safe and pass it with --key-file "
+            "so that pseudonyms stay the same on other machines",
+            key_file=str(key_file),
+        )
     try:
         key = key_file.read_bytes().strip()
         mode = key_file.stat().st_mode

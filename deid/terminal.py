@@ -4,22 +4,13 @@ fingerprint, never the key)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from deid.keys import KEY_FILE_ENV, default_key_path
 from deid.review import review_page
 
 if TYPE_CHECKING:
     from deid.pipeline import RunSummary
-
-
-def key_source(key_file: Path | None) -> Path:
-    """The key file a run reads: ``--key-file``, else ``$DEID_KEY_FILE``, else the per-user key."""
-    if key_file is not None:
-        return key_file
-    return Path(os.environ[KEY_FILE_ENV]) if os.environ.get(KEY_FILE_ENV) else default_key_path()
 
 
 def summary_lines(summary: RunSummary, output_dir: Path, audit_dir: Path, key_file: Path) -> list[str]:
@@ -32,7 +23,7 @@ def summary_lines(summary: RunSummary, output_dir: Path, audit_dir: Path, key_fi
     output_dir, audit_dir
         The release and its audit folder.
     key_file
-        The key file used (:func:`key_source`).
+        The key file used (:func:`deid.keys.key_path`).
     """
     counts, this_run = summary.counts, summary.this_run
     total = sum(counts.values())
@@ -51,4 +42,4 @@ def summary_lines(summary: RunSummary, output_dir: Path, audit_dir: Path, key_fi
     return lines
 
 
-__all__ = ["summary_lines", "key_source"]
+__all__ = ["summary_lines"]
