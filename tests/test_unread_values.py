@@ -224,21 +224,23 @@ def test_a_site_rule_keeps_an_unknown_public_tag(tmp_path: Path):
 # -- pixel bits above High Bit (old-style overlays) -----------------------------------------
 
 
-def with_overlay_bits(signed: bool, allocated: int = 16, stored: int = 12) -> tuple[Dataset, np.ndarray]:
+def with_overlay_bits(
+    signed: bool, allocated: int = 16, stored: int = 12, side: int = 32
+) -> tuple[Dataset, np.ndarray]:
     """A CT whose samples hold an old-style overlay (a bitmap at Overlay Bits Position 12)."""
     rng = np.random.default_rng(3)
     low, high = (-(1 << (stored - 1)), (1 << (stored - 1)) - 1) if signed else (0, (1 << stored) - 1)
-    values = rng.integers(low, high, (32, 32)).astype(np.int64)
+    values = rng.integers(low, high, (side, side)).astype(np.int64)
     stored_values = values & ((1 << allocated) - 1)  # signed samples sign-extended, as writers store them
-    overlay = np.zeros((32, 32), np.int64)
+    overlay = np.zeros((side, side), np.int64)
     overlay[4:12, 4:28] = 1  # the overlay's text, in bit 12
     raw = (stored_values & ~(1 << stored)) | (overlay << stored)
     ds = make_ct()
-    ds.Rows = ds.Columns = 32
+    ds.Rows = ds.Columns = side
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = allocated, stored, stored - 1
     ds.PixelRepresentation = int(signed)
-    for element, vr, value in [(0x0010, "US", 32), (0x0011, "US", 32), (0x0040, "CS", "G"), (0x0050, "SS", [1, 1]),
+    for element, vr, value in [(0x0010, "US", side), (0x0011, "US", side), (0x0040, "CS", "G"), (0x0050, "SS", [1, 1]),
                                (0x0100, "US", 16), (0x0102, "US", stored)]:
         ds.add_new(0x60000000 | element, vr, value)  # Overlay Rows ... Overlay Bit Position
     ds.PixelData = raw.astype(f"<u{allocated // 8}").tobytes()  # little endian: see encoded()

@@ -78,12 +78,16 @@ def test_deid_run_output_passes_the_unread_value_and_bit_checks(tmp_path: Path, 
     ds.PatientName, ds.PatientID = "DOE^JOHN", "MRN445566"
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.dcm").write_bytes(encoded(ds, "implicit-LE"))
-    overlay, _ = with_overlay_bits(False)
-    (tmp_path / "in" / "b.dcm").write_bytes(encoded(overlay, "explicit-BE"))
-    run(RunConfig(str(site), (), KEY, header_only=True), tmp_path / "in", tmp_path / "out", jobs=1)
+    for name, signed, syntax in (("b", False, "explicit-BE"), ("c", True, "explicit-LE")):
+        overlay, _ = with_overlay_bits(signed, side=256)  # pixel data larger than what run reads at once
+        uid = f"1.2.826.0.1.3680043.8.498.9{ord(name)}"
+        overlay.SOPInstanceUID = overlay.file_meta.MediaStorageSOPInstanceUID = uid
+        (tmp_path / "in" / f"{name}.dcm").write_bytes(encoded(overlay, syntax))
+    summary = run(RunConfig(str(site), (), KEY, header_only=True), tmp_path / "in", tmp_path / "out", jobs=1)
+    assert summary.counts["written"] == 3
     report = verify(tmp_path / "out", tmp_path / "in", checks=["hidden-values", "pixel-bits", "header-values"])
     assert report.leaks == [], [(g.kind, g.places) for g in report.leaks]
-    assert report.checked["release images checked for bits above High Bit"] >= 1
+    assert report.checked["release images checked for bits above High Bit"] == 3
 
 
 def _text_image() -> Dataset:

@@ -298,7 +298,7 @@ class FileContext:
             ):
                 del ds[tag]
                 continue
-            if not in_dictionary(tag) and self.profile.rule_for_tag(tag) is None:
+            if not in_dictionary(int(tag)) and self.profile.rule_for_tag(tag) is None:
                 del ds[tag]  # a public tag outside the dictionary (a bit flip, a draft): unknown content
                 continue
             vr = _vr_of(raw, tag)
@@ -343,7 +343,7 @@ class FileContext:
                 code = resolve_compound(code, self.attribute_type(keyword_for_tag(tag)))
             if vr in ("DA", "DT") and code == "C":
                 return SHIFT_DATE
-            if tag == PATIENT_AGE and code in ("K", "C") and self.profile.hipaa_age_cap:
+            if int(tag) == PATIENT_AGE and code in ("K", "C") and self.profile.hipaa_age_cap:
                 return CAP_AGE
             return BY_CODE[code]
         return self._by_vr(tag, vr)

@@ -11,22 +11,58 @@ native pixel data.
 
 from __future__ import annotations
 
+import io
+import struct
+
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+
+#: Bits Allocated, Bits Stored, High Bit, Pixel Representation (all US).
+_LAYOUT_TAGS = (0x00280100, 0x00280101, 0x00280102, 0x00280103)
+_PIXEL_DATA = 0x7FE00010
+
+
+def _us(ds: Dataset, tag: int) -> int | None:
+    """A US value of ``ds`` read straight from its raw bytes where it is still raw (decoding
+    through pydicom is most of this module's cost in a header-only run)."""
+    element = ds.get_item(tag, keep_deferred=True)
+    if element is None:
+        return None
+    if isinstance(element, RawDataElement):
+        if element.value is None or len(element.value) < 2:
+            return None
+        return int(struct.unpack("<H" if element.is_little_endian else ">H", element.value[:2])[0])
+    value = element.value
+    return int(value) if isinstance(value, int) else None
 
 
 def _layout(ds: Dataset) -> tuple[int, int, int, bool] | None:
     """``(bits allocated, bits stored, lowest stored bit, signed)``, or ``None`` when every
     allocated bit is stored or the description is unusable."""
-    try:
-        allocated, stored = int(ds.BitsAllocated), int(ds.BitsStored)
-        high = int(ds.get("HighBit", stored - 1))
-        signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
-    except (AttributeError, TypeError, ValueError):
+    allocated, stored, high, representation = (_us(ds, tag) for tag in _LAYOUT_TAGS)
+    if allocated is None or stored is None:
         return None
+    high = stored - 1 if high is None else high
     low = high + 1 - stored
     if allocated not in (8, 16, 32) or not 0 < stored < allocated or low < 0 or high >= allocated:
         return None
-    return allocated, stored, low, signed
+    return allocated, stored, low, representation == 1
+
+
+def _pixel_bytes(ds: Dataset) -> bytes | memoryview | None:
+    """The native pixel data's bytes; a view of the read buffer when the value is still
+    deferred (no copy of a value the writer copies from that buffer anyway)."""
+    element = ds.get_item(_PIXEL_DATA, keep_deferred=True)
+    buffer = getattr(ds, "buffer", None)
+    if (
+        isinstance(element, RawDataElement)
+        and element.value is None
+        and element.value_tell is not None
+        and isinstance(buffer, io.BytesIO)
+    ):
+        return buffer.getbuffer()[element.value_tell : element.value_tell + element.length]
+    value = ds.PixelData
+    return value if isinstance(value, bytes) else None
 
 
 def normalised(values, allocated: int, stored: int, low: int, signed: bool):
@@ -54,8 +90,8 @@ def _native_samples(ds: Dataset):
     layout = _layout(ds)
     if layout is None:
         return None
-    data = ds.PixelData
-    if not isinstance(data, bytes):
+    data = _pixel_bytes(ds)
+    if data is None:
         return None
     size = layout[0] // 8
     order = "<" if syntax.is_little_endian else ">"
@@ -88,7 +124,7 @@ def clear_unused_bits(ds: Dataset) -> bool:
     if not values.size or not _any_set(values, *layout):
         return False
     cleaned = normalised(values, *layout)
-    ds.PixelData = cleaned.astype(values.dtype).tobytes() + data[cleaned.nbytes :]  # in the file's byte order
+    ds.PixelData = cleaned.astype(values.dtype).tobytes() + bytes(data[cleaned.nbytes :])  # the file's byte order
     return True
 
 
