@@ -416,7 +416,8 @@ def load_profile(name_or_path: str, extra_options: tuple[str, ...] = ()) -> Prof
         for _, data in chain:
             for table_name in data.get("profile", {}).get("private_tables", []):
                 profile.private_table.update(_private_table(table_name))
-    if profile.private or profile.has("retain_safe_private"):  # private data may be kept
+    keeps_private = any(rule.action != "X" for rule in profile.private.values())
+    if keeps_private or profile.has("retain_safe_private"):  # private data may be kept
         profile.private_vrs = _private_vrs("safe-private")
         for _, data in chain:
             for table_name in data.get("profile", {}).get("private_tables", []):
