@@ -21,6 +21,7 @@ from deid.pixels.derive import UnitScale
 from deid.pixels.dppix import dp_pix
 from deid.pixels.eligibility import load_eligibility
 from deid.process import process_file
+from deid.release import ReleaseMismatch
 
 pytest.importorskip("onnxruntime", reason="the pixel stages need ONNX Runtime (the cpu extra)")
 RADIOGRAPH = "cxr/fullres/covid__covid-19-pneumonia-35-1.jpg"  # 2500x2048, PA
@@ -187,11 +188,13 @@ def test_dp_pix_noise_follows_the_key(inputs: Path, tmp_path: Path):
     assert dp_pixels(OTHER_KEY, "c").PixelData != first.PixelData
 
 
-def test_changed_pixels_choice_reprocesses_in_an_incremental_run(chest: np.ndarray, tmp_path: Path):
+def test_changed_pixels_choice_needs_a_rebuild_that_reprocesses(chest: np.ndarray, tmp_path: Path):
     write(radiograph(chest[::8, ::8].astype(np.uint16) * 16, "MONOCHROME2", 12), tmp_path / "in" / "small.dcm")
     assert run(RunConfig("basic", (), KEY, pixels="none"), tmp_path / "in", tmp_path / "out", jobs=1).processed == 1
     assert run(RunConfig("basic", (), KEY, pixels="none"), tmp_path / "in", tmp_path / "out", jobs=1).processed == 0
-    again = run(RunConfig("basic", (), KEY, pixels="dp-pix"), tmp_path / "in", tmp_path / "out", jobs=1)
+    with pytest.raises(ReleaseMismatch, match="pixels whole_image none"):  # the release was made without it
+        run(RunConfig("basic", (), KEY, pixels="dp-pix"), tmp_path / "in", tmp_path / "out", jobs=1)
+    again = run(RunConfig("basic", (), KEY, pixels="dp-pix"), tmp_path / "in", tmp_path / "out", jobs=1, rebuild=True)
     assert again.processed == 1
     assert "dp-pix" in (tmp_path / "out" / "manifest.csv").read_text()
 
