@@ -125,11 +125,6 @@ def read_marker(output_root: Path) -> dict[str, Any] | None:
     return marker if isinstance(marker, dict) and marker.get("tool") == "deid" else None
 
 
-def is_release(output_root: Path) -> bool:
-    """Whether ``output_root`` holds a deid release (its marker)."""
-    return read_marker(output_root) is not None
-
-
 def differences(recorded: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     """What differs between two identities, one phrase each (``key fingerprint 1a2b… (this run:
     3c4d…)``), in :data:`COMPARED` order."""
@@ -268,6 +263,6 @@ def _exchange(new: Path, old: Path) -> None:
 
 
 __all__ = [
-    "MARKER_NAME", "ReleaseMismatch", "identity", "read_marker", "is_release", "claim", "swap_in", "recover",
+    "MARKER_NAME", "ReleaseMismatch", "identity", "read_marker", "claim", "swap_in", "recover",
     "aside",
 ]
