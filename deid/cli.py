@@ -16,7 +16,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 import structlog
@@ -152,7 +152,7 @@ def run(
     """De-identify every DICOM file under INPUT_DIR into OUTPUT_DIR."""
     from deid.header.profiles import ProfileError
     from deid.keys import KeyFileError, key_path, load_key
-    from deid.lifeline import Terminated, sigterm_as_interrupt
+    from deid.lifeline import interrupt_behind, sigterm_as_interrupt
     from deid.pipeline import EnvironmentFault, LockedError, RunConfig, default_audit_dir
     from deid.pipeline import run as run_pipeline
     from deid.release import ReleaseMismatch
@@ -188,15 +188,14 @@ def run(
     except EnvironmentFault as exc:
         log.error("stopped; nothing unwritten was recorded: mend this and run again", reason=str(exc))
         sys.exit(EXIT_IO)
-    except Terminated:
-        log.error("terminated; run again to finish")
-        sys.exit(EXIT_TERMINATED)
-    except KeyboardInterrupt:
-        log.error("interrupted; run again to finish")
-        sys.exit(EXIT_INTERRUPTED)
     except Exception as exc:  # noqa: BLE001 - one line, not a traceback, for what was not foreseen
-        log.error("unexpected error; please report it", **unexpected(exc, detail=not json_lines))
-        sys.exit(EXIT_SOFTWARE)
+        interrupt = interrupt_behind(exc)  # the clean-up after Ctrl-C or SIGTERM failed in turn
+        if interrupt is None:
+            log.error("unexpected error; please report it", **unexpected(exc, detail=not json_lines))
+            sys.exit(EXIT_SOFTWARE)
+        _stopped(log, interrupt)
+    except KeyboardInterrupt as interrupt:
+        _stopped(log, interrupt)
     audit = (audit_dir or default_audit_dir(output_dir.resolve())).resolve()
     if json_lines:
         log.info(
@@ -215,6 +214,17 @@ def run(
             click.echo(line, err=True)
     gc.freeze()  # spares the interpreter's final collection, which walks every object for nothing
     sys.exit(summary.exit_code)
+
+
+def _stopped(log, interrupt: KeyboardInterrupt) -> NoReturn:
+    """Exit on Ctrl-C (130) or SIGTERM (143), with one line."""
+    from deid.lifeline import Terminated
+
+    if isinstance(interrupt, Terminated):
+        log.error("terminated; run again to finish")
+        sys.exit(EXIT_TERMINATED)
+    log.error("interrupted; run again to finish")
+    sys.exit(EXIT_INTERRUPTED)
 
 
 def unexpected(exc: BaseException, detail: bool) -> dict[str, str]:

@@ -24,6 +24,7 @@ from deid.audit import COMMIT_SECONDS, FileResult, Ledger
 from deid.cli import EXIT_IO, EXIT_LOCKED, EXIT_TERMINATED, main
 from deid.executors import worker_count
 from deid.faults import EnvironmentFault
+from deid.lifeline import Terminated
 from deid.pipeline import LOCK_NAME, FolderLock, RunConfig, run
 from deid.staging import STAGING
 from test_pipeline import make_inputs, tree_digest
@@ -255,7 +256,7 @@ def test_a_killed_driver_leaves_no_process_behind(driver):
 
 def test_sigterm_stops_the_workers_flushes_the_ledger_and_exits_143(driver, tmp_path: Path, key_file: Path):
     driver.send_signal(signal.SIGTERM)
-    assert driver.wait(timeout=60) == EXIT_TERMINATED
+    assert driver.wait(timeout=60) == EXIT_TERMINATED, (tmp_path / "stderr").read_text()[-1500:]
     assert _wait_until_gone(driver.pid, 10) == []
     lines = (tmp_path / "stderr").read_text().strip().splitlines()
     assert "terminated" in lines[-1] and "Traceback" not in "\n".join(lines)
@@ -266,6 +267,23 @@ def test_sigterm_stops_the_workers_flushes_the_ledger_and_exits_143(driver, tmp_
     summary = run(CONFIG, tmp_path / "in", tmp_path / "out", jobs=1)
     assert summary.resumed == len(recorded)
     assert summary.counts == {"written": 400, "quarantined": 0, "skipped": 1}
+
+
+def test_a_clean_up_that_fails_after_sigterm_still_exits_143(tmp_path: Path, key_file: Path, monkeypatch):
+    make_inputs(tmp_path / "in", patients=1, slices=2)
+
+    def stopped_then_broken(*args, **kwargs):
+        try:
+            raise Terminated
+        finally:
+            raise RuntimeError("shutdown failed")  # what a clean-up cut short may raise
+
+    monkeypatch.setattr("deid.pipeline.run", stopped_then_broken)
+    result = CliRunner().invoke(
+        main, ["run", str(tmp_path / "in"), str(tmp_path / "out"), "--key-file", str(key_file), "--json-logs"]
+    )
+    assert result.exit_code == EXIT_TERMINATED
+    assert "terminated" in result.output.strip().splitlines()[-1]
 
 
 # --- bad worker arguments ----------------------------------------------------------------------
