@@ -31,8 +31,8 @@ IN_FLIGHT = 2
 #: no worker imports pydicom itself; :mod:`deid.preload`, last, freezes them.
 WORKER_MODULES = ["deid.executors", "deid.pipeline", "deid.process"]
 
-#: Seconds an idle local worker waits for work before it exits (also the longest a worker outlives
-#: a driver that was killed).
+#: Seconds an idle local worker waits for work before it exits (where the platform cannot tie
+#: the workers to the driver, :mod:`deid.lifeline`, also how long they outlive a killed driver).
 WORKER_IDLE = 60
 
 #: A local cluster's Dask configuration; the figures are for a two-worker run here.
