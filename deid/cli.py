@@ -411,7 +411,8 @@ def model() -> None:
 @click.option("--budget-minutes", type=float,
               help="Stop after the epoch in which training time passes this (linkage).")
 @click.option("--keep-last", is_flag=True,
-              help="Keep the last adversarial epoch, not the one with the lowest validation loss (prichexy).")
+              help="Keep the last epoch's generator (prichexy: not the one with the lowest validation loss; "
+                   "linkage: not the one with the lowest validation attack within the utility tolerance).")
 def model_train(shared: Path, work: Path, preset: str, device: str, objective: str, mu: float, intensity: float,
                 light: bool, seed: int, epochs: int | None, epoch_steps: int, utility_weight: float, lr: float,
                 budget_minutes: float | None, keep_last: bool) -> None:
@@ -422,7 +423,7 @@ def model_train(shared: Path, work: Path, preset: str, device: str, objective: s
         click.echo(commands.train(shared, work, preset, mu, light, seed, epochs, keep_last))
     else:
         click.echo(commands.train_linkage(shared, work, preset, mu, intensity, light, seed, epochs or 30,
-                                          epoch_steps, utility_weight, lr, budget_minutes))
+                                          epoch_steps, utility_weight, lr, budget_minutes, keep_last))
 
 
 @model.command("evaluate")

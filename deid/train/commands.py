@@ -92,9 +92,10 @@ def linkage_name(p: Preset, mu: float, intensity: float) -> str:
 
 def train_linkage(shared: Path, work: Path, preset_name: str, mu: float, intensity: float, light: bool, seed: int,
                   epochs: int, epoch_steps: int, utility_weight: float, lr: float = 1e-2,
-                  budget_minutes: float | None = None) -> Path:
+                  budget_minutes: float | None = None, keep_last: bool = False) -> Path:
     """Train one generator against the linkage attack (:mod:`deid.train.linkage`), resuming from
-    ``work/linkage-<name>.ckpt``; save it as ``work/generator-<name>.pt`` when done."""
+    ``work/linkage-<name>.ckpt``; save it as ``work/generator-<name>.pt`` when done (the kept
+    epoch's generator, or with ``keep_last`` the last one, as ``generator-<name>-last.pt``)."""
     from deid.train.linkage import train_linkage as run
 
     p = preset(preset_name, light)
@@ -104,12 +105,15 @@ def train_linkage(shared: Path, work: Path, preset_name: str, mu: float, intensi
     deformation = loops.new_deformation(p, mu, seed, intensity, identity=True)
     state = run(p, deformation, classifier, train_split, val, seed, epochs, epoch_steps, work / f"linkage-{name}.ckpt",
                 utility_weight, lr, budget_minutes)
+    if keep_last:
+        name += "-last"
     path = work / f"generator-{name}.pt"
     torch.save({"preset": preset_name, "light": light, "mu": mu, "intensity": intensity, "seed": seed,
                 "objective": "linkage", "utility_weight": utility_weight, "lr": lr, "epochs": state["epoch"],
-                "steps": state["steps"], "kept_step": state["kept_step"], "minutes": state["minutes"],
+                "steps": state["steps"], "kept_step": state["steps" if keep_last else "kept_step"],
+                "minutes": state["minutes"],
                 "curve": state["curve"], "name": name,
-                "state_dict": state["state_dict"]}, path)
+                "state_dict": state["last" if keep_last else "state_dict"]}, path)
     return path
 
 

@@ -139,9 +139,9 @@ def train_linkage(preset: Preset, deformation: Deformation, classifier: Classifi
     Returns
     -------
     dict
-        ``state_dict`` (the kept generator), ``kept_step``, ``steps``, ``minutes`` (training time,
-        over resumes) and ``curve`` (one row of :func:`validation_figures` per epoch, with its step
-        and the classifier term's weight).
+        ``state_dict`` (the kept generator), ``last`` (the last one), ``kept_step``, ``steps``,
+        ``minutes`` (training time, over resumes) and ``curve`` (one row of :func:`validation_figures`
+        per epoch, with its step and the classifier term's weight).
     """
     classifier.eval()
     for parameter in classifier.parameters():
@@ -198,4 +198,4 @@ def train_linkage(preset: Preset, deformation: Deformation, classifier: Classifi
         torch.save({**state, "state_dict": deformation.generator.state_dict(), "optimiser": optimiser.state_dict(),
                     "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}, partial)
         os.replace(partial, checkpoint)
-    return {**state, "state_dict": state["kept"]}
+    return {**state, "state_dict": state["kept"], "last": deformation.generator.state_dict()}
