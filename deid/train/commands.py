@@ -1,8 +1,9 @@
 """What ``deid model train|evaluate|export|report`` do; :mod:`deid.cli` only parses arguments.
 
 A working folder holds every artefact, so the steps can run apart (and in parallel):
-``critics-<preset>.pt`` (the classifier and the attacker trained on real images, the generator's
-starting critics), ``generator-<name>.pt`` per trained generator, and ``eval-<name>.json`` per
+``classifier-<preset>.pt`` (the classifier trained on real images), ``verifier-<preset>.pt`` (the
+siamese attacker of the ``prichexy`` objective), ``linkage-<name>.ckpt`` (a linkage training's
+checkpoint, to resume), ``generator-<name>.pt`` per trained generator, and ``eval-<name>.json`` per
 evaluated anonymizer.
 """
 
