@@ -303,7 +303,7 @@ def export_checkpoint(checkpoint: Path, out: Path, evaluation: Path | None = Non
     checkpoint (``.pt``, for parity checks and fine-tuning) beside it. With ``evaluation`` (its
     ``eval-*.json``) and ``real`` (``eval-real.json``), the metadata's ``privacy`` holds
     :func:`privacy_record`, which ``deid run`` reads to choose its default and to say what the
-    model was measured to do."""
+    model was measured to do (the manifest, the dry run, DEIDENTIFICATION.md)."""
     from deid.train.export import OPSET, export
 
     deformation, info = load_generator(checkpoint)
@@ -323,15 +323,7 @@ def export_checkpoint(checkpoint: Path, out: Path, evaluation: Path | None = Non
         measured = json.loads(evaluation.read_text())
         if measured["name"] != metadata["name"]:
             raise ValueError(f"{evaluation} measured {measured['name']}, not {metadata['name']}")
-        privacy = metadata["privacy"] = privacy_record(measured, json.loads(real.read_text()))
-        runs = privacy["runs"]
-        metadata["measured"] = {
-            f"re-identification AUC, maximum over attackers, sources weighted (test split, mean of {runs} runs)":
-                privacy["reid_auc"],
-            "re-identification AUC of real images, same attackers": privacy["real_reid_auc"],
-            "classifier AUC, mean of labels (test split)": privacy["utility_auc"],
-            "classifier AUC of real images": privacy["real_utility_auc"],
-        }
+        metadata["privacy"] = privacy_record(measured, json.loads(real.read_text()))
     out.with_suffix(".json").write_text(json.dumps(metadata, indent=2) + "\n")
     if checkpoint.resolve() != out.with_suffix(".pt").resolve():
         out.with_suffix(".pt").write_bytes(checkpoint.read_bytes())
