@@ -21,13 +21,13 @@ import re
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from functools import cached_property, lru_cache
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
 from pydicom import dcmread
 from pydicom._uid_dict import UID_dictionary
-from pydicom.datadict import DicomDictionary, tag_for_keyword
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
@@ -239,21 +239,10 @@ def collect_identifiers(inputs: Iterable[Path], stats: Collected | None = None) 
             common |= words - {i.value.upper() for i in own}
     # a name word or an institution the inputs also use as plain descriptive text (a name
     # "billowing mode" and a "mode" in some protocol name; an institution "GE MEDICAL SYSTEMS"
-    # and the Manufacturer), or a word of DICOM's own vocabulary (a name "Modality", which the
-    # release's manifest and description use as a heading) proves nothing when found in the release
-    common |= coded | dictionary_words()
+    # and the Manufacturer) proves nothing when found in the release
+    common |= coded
     stats.identifiers = {i for i in found if i.kind not in _CASELESS_KINDS or i.value.upper() not in common}
     return stats.identifiers
-
-
-@lru_cache(maxsize=1)
-def dictionary_words() -> frozenset[str]:
-    """The words of the DICOM data dictionary's keywords, upper-cased (``MODALITY``, ``SERIES``,
-    ``DESCRIPTION`` ...), three letters or more."""
-    words = set()
-    for entry in DicomDictionary.values():
-        words.update(re.findall(r"[A-Z][a-z]+|[A-Z]{2,}(?![a-z])", entry[4]))
-    return frozenset(word.upper() for word in words if len(word) >= 3)
 
 
 def _key(identifier: Identifier) -> bytes:
