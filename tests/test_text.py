@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import JPEGLSLossless, RLELossless, UltrasoundMultiFrameImageStorage
 
 from conftest import KEY, iod_errors, make_ct, write
-from deid.pipeline import RunConfig
+from deid.pipeline import DUPLICATE_REASON, RunConfig
 from deid.pixels.ocr import read_text
 from deid.pixels.render import frames_of, to_display
 from deid.pixels.text import line_is_safe
@@ -153,11 +153,14 @@ def identifying_lines(lines: list[str]) -> list[str]:
 
 
 @pytest.mark.corpus
-def test_corpus_phi_text_is_masked(corpus_runs):
+def test_corpus_phi_text_is_masked(corpus_runs, tmp_path: Path):
     run = corpus_runs("basic")  # CONFIG, over the whole corpus
     recall = {}
     for src in phi_files(run.inputs.parent):
         row = run.row(src)
+        if row["reason"].startswith(DUPLICATE_REASON):  # the run kept another encoding of the object: this one alone
+            result = process_file(CONFIG, run.inputs, tmp_path, src)
+            row = {"status": result.status, "output": str(tmp_path / result.dst)}
         if row["status"] != "written":
             continue  # quarantined with a reason: nothing left the building
         before = identifying_lines(first_frame_lines(dcmread(run.inputs / src)))
