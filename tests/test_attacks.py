@@ -15,8 +15,9 @@ pytestmark = pytest.mark.train
 from deid.train import loops  # noqa: E402
 from deid.train.attacks import BASELINES, hog_features, ncc_features, ncc_torch, pair_scores  # noqa: E402
 from deid.train.data import Split  # noqa: E402
+from deid.train.metrics import roc_auc  # noqa: E402
 from deid.train.presets import preset  # noqa: E402
-from deid.train.protocol import reidentification, roc_auc  # noqa: E402
+from deid.train.protocol import reidentification  # noqa: E402
 
 TOY = dataclasses.replace(preset("cpu"), size=64, generator_size=16, generator=(4, 2), batch=8,
                           attacker_size=16, attacker_epochs=1, classifier=((2, 2), 4, 8))

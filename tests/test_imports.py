@@ -39,7 +39,6 @@ LAYERS: list[set[str]] = [
 #: may only shrink.
 KNOWN_CIRCLES = [
     {"deid.verify", "deid.checks", "deid.checks.pixels", "deid.checks.values"},  # checks register in verify
-    {"deid.train.attacks", "deid.train.protocol"},  # attacks scores with protocol.roc_auc
 ]
 
 

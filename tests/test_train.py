@@ -13,9 +13,9 @@ pytestmark = pytest.mark.train
 
 from deid.train import loops  # noqa: E402
 from deid.train.data import labels_of, load_split, shared_cxr  # noqa: E402
+from deid.train.metrics import roc_auc  # noqa: E402
 from deid.train.networks import UNet, generator_gflop, parameter_count, warp  # noqa: E402
 from deid.train.presets import preset  # noqa: E402
-from deid.train.protocol import roc_auc  # noqa: E402
 
 TINY = dataclasses.replace(preset("cpu"), size=32, generator_size=32, generator=(4, 2), pretrain_epochs=1)
 

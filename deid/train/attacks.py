@@ -30,6 +30,7 @@ from torch import nn
 
 from deid.train.data import Split
 from deid.train.loops import autocast, device, tensor, to_numpy
+from deid.train.metrics import roc_auc
 from deid.train.presets import Preset
 
 log = structlog.get_logger("deid.train")
@@ -149,8 +150,6 @@ def embed(model: MetricEmbedding, images: np.ndarray, batch: int = 256) -> np.nd
 
 def within_source_auc(split: Split, first: np.ndarray, second: np.ndarray) -> float:
     """Pooled AUC of within-source pairs scored ``first[i] . second[j]``."""
-    from deid.train.protocol import roc_auc
-
     pairs, genuine = split.all_within_source_pairs()
     return roc_auc(genuine, pair_scores(first, second, pairs))
 

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from deid.train.attacks import BASELINES, BOTH_ANONYMIZED, ncc_torch, pair_scores
 from deid.train.data import LABELS, Split
 from deid.train.loops import anonymize, autocast, class_probabilities, tensor
+from deid.train.metrics import roc_auc
 from deid.train.networks import Classifier, Deformation
 from deid.train.presets import Preset
 
@@ -98,8 +99,6 @@ class PairSampler:
 
 def validation_figures(deformation: Deformation, classifier: Classifier, val: Split) -> dict:
     """The validation split's pooled AUC for each fixed attacker and the classifier's mean AUC."""
-    from deid.train.protocol import roc_auc
-
     anon = anonymize(deformation, val.images)
     pairs, genuine = val.all_within_source_pairs()
     out = {}

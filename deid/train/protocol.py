@@ -25,6 +25,7 @@ import structlog
 from deid.train.attacks import BASELINES, BOTH_ANONYMIZED, embed, pair_scores, train_metric_attacker
 from deid.train.data import LABELS, Split
 from deid.train.loops import class_probabilities
+from deid.train.metrics import roc_auc
 from deid.train.networks import Classifier
 from deid.train.presets import Preset
 
@@ -34,21 +35,6 @@ log = structlog.get_logger("deid.train")
 MIN_GENUINE_PAIRS = 40
 
 Anonymizer = Callable[[np.ndarray], np.ndarray]
-
-
-def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney, ties counted half); NaN without both classes."""
-    labels = np.asarray(labels, bool)
-    positives, negatives = labels.sum(), (~labels).sum()
-    if positives == 0 or negatives == 0:
-        return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    sorted_scores = scores[order]
-    ranks = np.empty(len(scores))
-    # Average ranks over ties.
-    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    ranks[order] = np.repeat(first + (counts + 1) / 2, counts)
-    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
 def reidentification(preset: Preset, anonymize: Anonymizer, train: Split, val: Split, test: Split,
