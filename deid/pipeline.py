@@ -179,6 +179,19 @@ def is_release_or_empty(output_root: Path) -> bool:
         return handle.readline().startswith(b"path,sop_class_uid,")
 
 
+@dataclass(frozen=True)
+class Dispatch:
+    """How a run hands its files to workers and shows them; nothing here decides an output.
+
+    Attributes are :func:`run`'s parameters of the same names.
+    """
+
+    jobs: int | None = None
+    scheduler: str | None = None
+    name_inputs: bool = False
+    progress: bool | None = None
+
+
 def run(
     config: RunConfig,
     input_root: Path,
@@ -253,8 +266,8 @@ def run(
             try:
                 with FolderLock(audit_dir):
                     summary = _run_or_rebuild(
-                        config, input_root, output_root, audit_dir, jobs, scheduler, name_inputs, rebuild,
-                        dicomdir, progress,
+                        config, input_root, output_root, audit_dir,
+                        Dispatch(jobs, scheduler, name_inputs, progress), rebuild, dicomdir,
                     )
             except BaseException as exc:
                 _clean_up_stopped_run(output_root, made_output, faulted=_is_fault(exc))
@@ -271,24 +284,19 @@ def _run_or_rebuild(
     input_root: Path,
     output_root: Path,
     audit_dir: Path,
-    jobs: int | None,
-    scheduler: str | None,
-    name_inputs: bool,
+    dispatch: Dispatch,
     rebuild: bool,
     dicomdir: bool,
-    progress: bool | None,
 ) -> RunSummary:
     """:func:`run` once both folders are locked: in place, or aside and swapped in."""
     release.recover(output_root, audit_dir)
     if not rebuild:
-        return _run_locked(
-            config, input_root, output_root, audit_dir, jobs, scheduler, name_inputs, dicomdir, progress
-        )
+        return _run_locked(config, input_root, output_root, audit_dir, dispatch, dicomdir)
     new_output, new_audit = release.aside(output_root), release.aside(audit_dir)
     try:
         summary = _run_locked(
-            config, input_root, new_output, new_audit, jobs, scheduler, name_inputs,
-            dicomdir or (output_root / DICOMDIR_NAME).exists(), progress, quarantined_in(audit_dir),
+            config, input_root, new_output, new_audit, dispatch,
+            dicomdir or (output_root / DICOMDIR_NAME).exists(), quarantined_in(audit_dir),
         )
     except BaseException:
         for folder in (new_output, new_audit):
@@ -329,11 +337,8 @@ def _run_locked(
     input_root: Path,
     output_root: Path,
     audit_dir: Path,
-    jobs: int | None,
-    scheduler: str | None,
-    name_inputs: bool,
+    dispatch: Dispatch,
     dicomdir: bool,
-    progress: bool | None,
     known_quarantined: dict[str, tuple[int, int]] | None = None,
 ) -> RunSummary:
     """:func:`run` once both folders are locked and checked (``output_root`` may be a rebuild's
@@ -354,9 +359,7 @@ def _run_locked(
         clear_staging(output_root)
         quarantined_before = known_quarantined or ledger.quarantined()
         if todo:
-            this_run = _process(
-                config, todo, input_root, output_root, ledger, jobs, scheduler, name_inputs, progress
-            )
+            this_run = _process(config, todo, input_root, output_root, ledger, dispatch)
         ledger.set_profile(facts)
         clear_staging(output_root)
         rows = ledger.write_reports(output_root)
@@ -391,10 +394,7 @@ def _process(
     input_root: Path,
     output_root: Path,
     ledger: Ledger,
-    jobs: int | None,
-    scheduler: str | None,
-    name_inputs: bool,
-    progress: bool | None,
+    dispatch: Dispatch,
 ) -> dict[str, int]:
     """Run ``todo`` through the workers; record and log each result as it arrives.
 
@@ -405,7 +405,9 @@ def _process(
     """
     pseudo = Pseudonymizer(config.key)
     process = FileTask(config, input_root, output_root, sample_rate(len(todo)))
-    results = run_dask(process, todo, scheduler) if scheduler else run_local(process, todo, jobs)
+    results = (
+        run_dask(process, todo, dispatch.scheduler) if dispatch.scheduler else run_local(process, todo, dispatch.jobs)
+    )
     try:
         from tqdm import tqdm  # only a run with work shows progress
 
@@ -421,7 +423,8 @@ def _process(
                     return FileResult(src, "written", size, mtime_ns, dst), (input_root / src).is_file()
             return None
 
-        bar = tqdm(results, total=len(todo), disable=None if progress is None else not progress, unit="file",
+        shown = dispatch.progress
+        bar = tqdm(results, total=len(todo), disable=None if shown is None else not shown, unit="file",
                    leave=False, dynamic_ncols=True)
         for result in bar:
             for settled in _settle_duplicates(by_dst, result, process, recorded):
@@ -430,7 +433,7 @@ def _process(
                 token = pseudo.token(f"src:{settled.src}")[:10]
                 ledger.record(settled, token)
                 kept = str(settled.meta.get("kept", "")) if settled.status == "quarantined" else ""
-                _log_result(token, settled, name_inputs, pseudo.token(f"src:{kept}")[:10] if kept else "")
+                _log_result(token, settled, dispatch.name_inputs, pseudo.token(f"src:{kept}")[:10] if kept else "")
         ledger.commit()
     finally:
         if hasattr(results, "close"):
