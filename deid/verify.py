@@ -241,8 +241,19 @@ def collect_identifiers(inputs: Iterable[Path], stats: Collected | None = None) 
     # "billowing mode" and a "mode" in some protocol name; an institution "GE MEDICAL SYSTEMS"
     # and the Manufacturer) proves nothing when found in the release
     common |= coded
-    stats.identifiers = {i for i in found if i.kind not in _CASELESS_KINDS or i.value.upper() not in common}
+    stats.identifiers = {i for i in found if not _proves_nothing(i, common, coded)}
     return stats.identifiers
+
+
+def _proves_nothing(identifier: Identifier, common: set[str], coded: set[str]) -> bool:
+    """Whether finding ``identifier`` in the release proves nothing: a name word or institution
+    the inputs also use as descriptive text, or a "UID" with no digit (a damaged value, such as a
+    shifted ``SECONDARY``) that the inputs also use as a defined term."""
+    if identifier.kind in _CASELESS_KINDS:
+        return identifier.value.upper() in common
+    if identifier.kind == "uid" and not any(c.isdigit() for c in identifier.value):
+        return identifier.value.upper() in coded
+    return False
 
 
 def _key(identifier: Identifier) -> bytes:

@@ -129,11 +129,6 @@ def test_verify_reads_the_fuzzed_inputs_without_a_traceback(released):
     assert verified.returncode in (0, 1), verified.stdout[-2000:] + verified.stderr[-2000:]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="verify's false positives on these inputs (a non-UID word taken as a UID from a damaged DICOMDIR; "
-    "a three-digit code taken as a name variant): reported to 18b and 17a in notes/ANNOUNCE.md 20:28",
-)
 def test_the_fuzzed_release_verifies_clean(released):
     verified = released["verify"]
     assert verified.returncode == 0, verified.stdout[-3000:]

@@ -35,6 +35,17 @@ def test_collects_values_three_levels_deep(tmp_path: Path):
     assert {"MRN445566", "ACC99887", "19610412", "SN-778899"} <= {i.value for i in found}
 
 
+def test_a_uid_without_a_digit_that_is_also_a_defined_term_proves_nothing(tmp_path: Path):
+    ds = make_ct()  # a damaged value: a defined term where a UID belongs
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.ReferencedSOPInstanceUID = "SECONDARY"
+    ds.FrameOfReferenceUID = "DOE.JOHN.MRN445566"  # not UID-shaped either, but no defined term: searched
+    write(ds, tmp_path / "in" / "a.dcm")
+    uids = {i.value for i in collect_identifiers([tmp_path / "in"]) if i.kind == "uid"}
+    assert "SECONDARY" not in uids
+    assert "DOE.JOHN.MRN445566" in uids
+
+
 def test_finds_values_in_private_tags_and_paths_but_not_in_pixels(tmp_path: Path):
     write(make_ct(), tmp_path / "in" / "a.dcm")
     leaky = make_ct()
