@@ -143,8 +143,8 @@ def _identifiers_of(
                     found.add(Identifier(value, kind, where, vr=element.VR))
                 if not forms and element.VR in _DESCRIPTIVE_VRS and keyword not in TEXT_KINDS:
                     upper = text.upper()
-                    # defined terms (CS) are vocabulary whoever they belong to
-                    words = coded if element.VR == "CS" else common
+                    # defined terms (CS) and code values are vocabulary whoever they belong to
+                    words = coded if element.VR == "CS" or keyword == "CodeValue" else common
                     words.add(upper)
                     words.update(t.decode() for t in _TOKEN.findall(upper.encode("utf-8", "replace")))
         except Exception:  # noqa: BLE001 - a value pydicom cannot decode: counted, not fatal
@@ -247,12 +247,15 @@ def collect_identifiers(inputs: Iterable[Path], stats: Collected | None = None) 
 
 def _proves_nothing(identifier: Identifier, common: set[str], coded: set[str]) -> bool:
     """Whether finding ``identifier`` in the release proves nothing: a name word or institution
-    the inputs also use as descriptive text, or a "UID" with no digit (a damaged value, such as a
-    shifted ``SECONDARY``) that the inputs also use as a defined term."""
+    the inputs also use as descriptive text; a "UID" with no digit (a damaged value, such as a
+    shifted ``SECONDARY``) or a number of under five digits (a device serial ``1234``) that the
+    inputs also use as a defined term or code value."""
     if identifier.kind in _CASELESS_KINDS:
         return identifier.value.upper() in common
     if identifier.kind == "uid" and not any(c.isdigit() for c in identifier.value):
         return identifier.value.upper() in coded
+    if identifier.value.isdigit() and len(identifier.value) < 5:  # a short number the inputs use as a code
+        return identifier.value in coded
     return False
 
 

@@ -46,6 +46,21 @@ def test_a_uid_without_a_digit_that_is_also_a_defined_term_proves_nothing(tmp_pa
     assert "DOE.JOHN.MRN445566" in uids
 
 
+def test_a_short_serial_that_is_also_a_code_value_proves_nothing(tmp_path: Path):
+    coded = make_ct()
+    coded.DeviceSerialNumber = "1234"
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "1234", "99LOCAL", "A local concept"
+    coded.ConceptNameCodeSequence = Sequence([code])
+    write(coded, tmp_path / "in" / "a.dcm")
+    plain = make_ct(sop_uid="1.2.826.0.1.3680043.8.498.1002")
+    plain.DeviceSerialNumber = "5678"  # short, but no code: still an identifier
+    write(plain, tmp_path / "in" / "b.dcm")
+    values = {i.value for i in collect_identifiers([tmp_path / "in"])}
+    assert "1234" not in values
+    assert "5678" in values
+
+
 def test_finds_values_in_private_tags_and_paths_but_not_in_pixels(tmp_path: Path):
     write(make_ct(), tmp_path / "in" / "a.dcm")
     leaky = make_ct()
