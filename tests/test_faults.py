@@ -130,6 +130,7 @@ def small_disk(tmp_path: Path):
     subprocess.run(["umount", "-l", str(mountpoint)], check=False)
 
 
+@pytest.mark.slow
 def test_a_real_full_disk_loses_nothing(small_disk: Path, tmp_path: Path, key_file: Path):
     inputs = tmp_path / "in"
     make_inputs(inputs, patients=4, slices=40)  # 160 outputs, about 660 KB on tmpfs
@@ -170,6 +171,7 @@ def test_the_ledger_commits_within_a_second_of_a_record(tmp_path: Path):
         ledger.close()
 
 
+@pytest.mark.slow
 def test_a_timed_commit_that_fails_is_raised_in_the_driver(tmp_path: Path, monkeypatch):
     ledger = Ledger(tmp_path / "audit", "config")
     ledger.record(FileResult("a.dcm", "skipped"), "t")
@@ -248,12 +250,14 @@ def driver(tmp_path: Path, key_file: Path):
         os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.slow
 def test_a_killed_driver_leaves_no_process_behind(driver):
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     assert _wait_until_gone(driver.pid, 70) == []
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_workers_flushes_the_ledger_and_exits_143(driver, tmp_path: Path, key_file: Path):
     driver.send_signal(signal.SIGTERM)
     assert driver.wait(timeout=60) == EXIT_TERMINATED, (tmp_path / "stderr").read_text()[-1500:]
@@ -309,6 +313,7 @@ def test_bad_worker_arguments_are_usage_errors(tmp_path: Path, key_file: Path, a
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_an_unreachable_scheduler_is_a_configuration_error_within_the_timeout(
     tmp_path: Path, key_file: Path, monkeypatch
 ):
@@ -337,6 +342,7 @@ def test_worker_count_is_capped_by_the_cores_and_the_work():
         worker_count(0, 40)
 
 
+@pytest.mark.slow
 def test_a_thousand_jobs_on_forty_files_finish(tmp_path: Path, key_file: Path):
     make_inputs(tmp_path / "in", patients=2, slices=20)
     result = subprocess.run(

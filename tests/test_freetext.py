@@ -262,6 +262,7 @@ def test_basic_acts_on_identifying_attributes_outside_the_table(syntax):
     assert research.SegmentSequence[0].SegmentDescription == "liver of"
 
 
+@pytest.mark.slow
 def test_verify_finds_the_inputs_values_in_other_spellings(tmp_path):
     """deid verify: a clean release passes; one whose text holds the patient's name joined and the
     birth date spelt out (neither a whole header value) is reported by the text-variants check."""

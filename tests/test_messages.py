@@ -88,6 +88,7 @@ def test_a_dicomdir_is_skipped_as_a_media_directory(inputs: Path, tmp_path: Path
     assert not (tmp_path / "out" / "DICOMDIR").exists()
 
 
+@pytest.mark.slow
 def test_a_duplicate_says_which_input_was_kept(inputs: Path, tmp_path: Path, key_file: Path):
     ds = dcmread(inputs / "DOE_JOHN0_MRN445560" / "IM0001.dcm")
     write(ds, inputs / "ZZZ" / "IM0001.dcm")

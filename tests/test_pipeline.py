@@ -75,6 +75,7 @@ def test_every_input_reaches_one_end(inputs: Path, tmp_path: Path):
     assert not any(v in manifest for v in PHI)
 
 
+@pytest.mark.slow
 def test_same_result_across_runs_and_worker_counts(inputs: Path, tmp_path: Path):
     run(RunConfig("research", (), KEY), inputs, tmp_path / "a", jobs=1)
     run(RunConfig("research", (), KEY), inputs, tmp_path / "b", jobs=2)
@@ -137,6 +138,7 @@ def test_large_pixel_data_is_copied_whole_or_quarantined_when_cut(tmp_path: Path
         assert dcmread(path).PixelData == pixels.tobytes()
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(tmp_path: Path, key_file: Path):
     inputs = tmp_path / "in"
     make_inputs(inputs, patients=6, slices=25)

@@ -113,6 +113,7 @@ def test_rebuild_replaces_the_whole_release(inputs: Path, tmp_path: Path):
     assert again.processed == 0
 
 
+@pytest.mark.slow
 def test_a_killed_rebuild_leaves_the_old_release_intact(tmp_path: Path, key_file: Path):
     inputs = tmp_path / "in"
     make_inputs(inputs, patients=6, slices=25)

@@ -62,6 +62,7 @@ def release(tmp_path_factory) -> tuple[Path, Path]:
     return root / "out", root / "out.audit"
 
 
+@pytest.mark.slow
 def test_boxes_are_in_the_audit_and_the_page_stays_out_of_the_release(release):
     out, audit = release
     with (audit / "boxes.csv").open() as handle:
@@ -102,6 +103,7 @@ def chromium(*arguments: str, profile: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_the_page_shows_every_change_in_a_browser(release, tmp_path: Path):
     _, audit = release
     url = (audit / "review" / "index.html").as_uri()
@@ -135,6 +137,7 @@ def test_the_page_shows_every_change_in_a_browser(release, tmp_path: Path):
         Image.open(shot).convert("RGB").quantize(128, dither=Image.Dither.NONE).save(README_SCREENSHOT, optimize=True)
 
 
+@pytest.mark.slow
 def test_pictures_come_back_from_dask_workers(release, tmp_path: Path):
     pytest.importorskip("distributed", reason="the dask extra is not installed")
     out, audit = release

@@ -51,6 +51,7 @@ def local_inputs(tmp_path: Path) -> tuple[Path, list[str], dict[str, tuple]]:
     return inputs, todo, reference
 
 
+@pytest.mark.slow
 def test_killed_local_worker_loses_nothing(local_inputs, tmp_path: Path):
     inputs, todo, reference = local_inputs
     task = FileTask(RunConfig("basic", (), KEY), inputs, tmp_path / "out")
@@ -60,6 +61,7 @@ def test_killed_local_worker_loses_nothing(local_inputs, tmp_path: Path):
     assert tree_digest(tmp_path / "out") == tree_digest(tmp_path / "ref")
 
 
+@pytest.mark.slow
 def test_file_that_kills_its_worker_is_quarantined(local_inputs, tmp_path: Path):
     inputs, todo, reference = local_inputs
     task = FileTask(RunConfig("basic", (), KEY), inputs, tmp_path / "out")
@@ -73,6 +75,7 @@ def distributed():
     return pytest.importorskip("distributed", reason="the dask extra is not installed")
 
 
+@pytest.mark.slow
 def test_killed_dask_worker_loses_nothing(distributed, tmp_path: Path):
     inputs = tmp_path / "in"
     make_inputs(inputs, patients=10, slices=40)

@@ -54,6 +54,7 @@ def deid_run(inputs: Path, key_file: Path, *extra: str) -> list[str]:
     return [*DEID, "run", str(inputs), str(out), "--key-file", str(key_file), "-j", "1", "--header-only", *extra]
 
 
+@pytest.mark.slow
 def test_a_person_sees_a_bar_the_files_not_written_and_a_summary(inputs: Path, key_file: Path, tmp_path: Path):
     stream, code = at_a_terminal(deid_run(inputs, key_file), tmp_path, {"NO_COLOR": "1"})
     assert code == 1  # a new quarantine
@@ -84,6 +85,7 @@ def test_colour_unless_no_color(inputs: Path, key_file: Path, tmp_path: Path):
     assert "\x1b[" in stream
 
 
+@pytest.mark.slow
 def test_verbose_tells_every_file_and_quiet_only_what_went_wrong(inputs: Path, key_file: Path, tmp_path: Path):
     stream, _ = at_a_terminal(deid_run(inputs, key_file, "-v"), tmp_path)
     written = [line for line in visible(stream) if "written" in line and "->" in line]

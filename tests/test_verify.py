@@ -215,6 +215,7 @@ def test_a_registered_check_plugs_in_and_a_failing_one_is_reported(tmp_path: Pat
         del CHECKS["broken"], CHECKS["pixels-demo"]
 
 
+@pytest.mark.slow
 def test_on_the_sample_retained_values_pass_and_a_planted_leak_fails(tmp_path: Path):
     sample = REPO / "benchmarks" / "sample"
     options = ("retain_uids", "retain_device_identity", "retain_institution_identity")
