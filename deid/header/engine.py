@@ -35,7 +35,14 @@ from deid.header.actions import (
 from deid.header.age import CAP_AGE, PATIENT_AGE
 from deid.header.iod import attribute_types, resolve_compound
 from deid.header.profiles import Code, Profile
-from deid.header.unknown import declared_private_vrs, decode_un, in_dictionary, looks_like_text, private_vr
+from deid.header.unknown import (
+    declared_private_vrs,
+    decode_un,
+    in_dictionary,
+    looks_like_text,
+    private_characteristics,
+    private_vr,
+)
 from deid.pseudonyms import Pseudonymizer
 
 #: Removed whatever the profile says: Encrypted Attributes, Original Attributes, Digital
@@ -168,12 +175,7 @@ def declared_private_blocks(ds: Dataset) -> dict[tuple[int, str], DeclaredPrivat
         ``(group, creator)`` to the block's declared safety and de-identification actions.
     """
     blocks = {}
-    for item in ds.get("PrivateDataElementCharacteristicsSequence", []):
-        try:
-            group = int(item.PrivateGroupReference)
-            creator = str(item.PrivateCreatorReference).strip().upper()
-        except (AttributeError, TypeError, ValueError):
-            continue
+    for group, creator, item in private_characteristics(ds):
         status = str(item.get("BlockIdentifyingInformationStatus", "")).upper()
         safe = item.get("NonidentifyingPrivateElements") or []
         safe = [safe] if isinstance(safe, int) else safe

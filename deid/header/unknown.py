@@ -12,6 +12,7 @@ cleaned as any other of its VR, its items at every depth.
 from __future__ import annotations
 
 import string
+from collections.abc import Iterator
 from functools import lru_cache
 
 from pydicom.datadict import DicomDictionary, mask_match, private_dictionary_VR
@@ -35,6 +36,18 @@ def in_dictionary(tag: int) -> bool:
     return tag in DicomDictionary or mask_match(tag) is not None
 
 
+def private_characteristics(ds: Dataset) -> Iterator[tuple[int, str, Dataset]]:
+    """``(group, creator upper-case, item)`` for each item of the object's Private Data Element
+    Characteristics Sequence (PS3.3 C.12.1.1.7) that names its block; the others are passed over."""
+    for item in ds.get("PrivateDataElementCharacteristicsSequence", []):
+        try:
+            group = int(item.PrivateGroupReference)
+            creator = str(item.PrivateCreatorReference).strip().upper()
+        except (AttributeError, TypeError, ValueError):
+            continue
+        yield group, creator, item
+
+
 def declared_private_vrs(ds: Dataset) -> dict[tuple[int, str, int], str]:
     """The VRs the object declares for its private elements.
 
@@ -45,12 +58,7 @@ def declared_private_vrs(ds: Dataset) -> dict[tuple[int, str, int], str]:
         Definition Sequence of each item of the Private Data Element Characteristics Sequence.
     """
     declared: dict[tuple[int, str, int], str] = {}
-    for block in ds.get("PrivateDataElementCharacteristicsSequence", []):
-        try:
-            group = int(block.PrivateGroupReference)
-            creator = str(block.PrivateCreatorReference).strip().upper()
-        except (AttributeError, TypeError, ValueError):
-            continue
+    for group, creator, block in private_characteristics(ds):
         for definition in block.get("PrivateDataElementDefinitionSequence", []):
             try:
                 offset = int(definition.PrivateDataElement) & 0xFF
