@@ -13,7 +13,9 @@ Table E.3.4-1 (SR concepts) and CID 7050, and writes:
 * ``sr-concepts.toml``: SR concept names and their actions for Clean Structured Content,
 * ``iod-types.json``: the Types (PS3.3, from highdicom) that resolve compound action codes,
 * ``tcia-private.toml``: the private elements the TCIA private-tag knowledge base keeps,
-* ``outside-e1-1.toml``: attributes Table E.1-1 does not list that identify (:data:`OUTSIDE_TABLE`).
+* ``outside-e1-1.toml``: attributes Table E.1-1 does not list that identify (:data:`OUTSIDE_TABLE`),
+* ``names.json``: given and family names (Faker's person providers, the ``rules`` extra) and the
+  medical words of pydicom's coded concepts and data dictionary, for free-text cleaning.
 
 Hand-written profiles (``research.toml``) compose these with ``extends`` and are not touched.
 """
@@ -282,11 +284,63 @@ def generate_iod_types(rows: list[dict]) -> None:
     (RULES / "iod-types.json").write_text(json.dumps(data, indent=0, sort_keys=False) + "\n")
 
 
+NAMES_FILE = "names.json"
+_NAME_WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)?")
+_CAMEL_WORD = re.compile(r"[A-Z][a-z]+|[A-Z]+(?![a-z])")
+
+
+def names_lexicon() -> dict[str, Any]:
+    """Given and family names of every locale of Faker's person provider, and the medical words
+    (the words of pydicom's coded-concept keywords such as ``HodgkinLymphoma`` and of its data
+    dictionary's keywords), case-folded, as ``deid.freetext.names`` reads them from ``names.json``.
+
+    Only words of a script with letter case are kept: a name is found by its capital.
+    """
+    import importlib
+    import pkgutil
+
+    import faker
+    import faker.providers.person
+    import pydicom
+    from pydicom.datadict import DicomDictionary
+    from pydicom.sr.codedict import CONCEPTS
+
+    given: set[str] = set()
+    family: set[str] = set()
+    for module in pkgutil.iter_modules(faker.providers.person.__path__):
+        provider = importlib.import_module(f"faker.providers.person.{module.name}").Provider
+        for attribute in dir(provider):
+            into = family if "last_names" in attribute else None
+            into = given if "first_names" in attribute or "middle_names" in attribute else into
+            values = getattr(provider, attribute)
+            if into is None or not isinstance(values, (tuple, list, dict, set, frozenset)):
+                continue
+            for value in values:
+                if isinstance(value, str):
+                    into.update(w.casefold() for w in _NAME_WORD.findall(value) if len(w) > 1 and w[0].isupper())
+    keywords = [k for scheme in CONCEPTS.values() for k in scheme] + [e[4] for e in DicomDictionary.values()]
+    medical = {w.casefold() for k in keywords for w in _CAMEL_WORD.findall(k) if len(w) > 1}
+    return {
+        "source": f"Faker {faker.VERSION} person providers (MIT); pydicom {pydicom.__version__} coded concepts "
+        "and data dictionary (MIT)",
+        "given": sorted(given),
+        "family": sorted(family),
+        "medical": sorted(medical),
+    }
+
+
+def generate_names() -> None:
+    """Write ``names.json`` (:func:`names_lexicon`), one word a line."""
+    text = json.dumps(names_lexicon(), ensure_ascii=False, indent=0)
+    (RULES / NAMES_FILE).write_text(text + "\n", encoding="utf-8")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     default = Path(os.environ.get("DEID_SHARED", RULES.parent.parent / "shared")) / "standard"
     parser.add_argument("--standard", type=Path, default=default)
     generate(parser.parse_args().standard)
+    generate_names()
 
 
 if __name__ == "__main__":

@@ -109,6 +109,62 @@ def test_detector_keeps_medical_text(text):
     assert detect(text) == ()
 
 
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [
+        ("Discussed findings with Anna Kowalczyk by phone.", "Anna Kowalczyk"),
+        ("Laura Bennett present for the examination.", "Laura Bennett"),
+        ("COPY TO SARAH COLLINS CHEST PA LAT", "SARAH COLLINS"),
+        ("Verbal report to Harrison, Claire.", "Harrison, Claire"),
+        ("cc: Nowak", "Nowak"),
+        ("Befund mitgeteilt an Petra Schneider, Morbus Crohn bekannt.", "Petra Schneider"),
+        ("Résultat transmis à Julien Lambert; maladie de Crohn.", "Julien Lambert"),
+        ("Se informa a Carmen Ruiz; signo de Murphy positivo.", "Carmen Ruiz"),
+        ("Discusso con Marco Bianchi; morbo di Parkinson.", "Marco Bianchi"),
+        ("Gebeld met Lotte van Dijk, ziekte van Hodgkin.", "Lotte van Dijk"),
+        ("Wynik przekazano Marta Kowalska.", "Marta Kowalska"),
+        ("Resultado comunicado a Rafael Almeida.", "Rafael Almeida"),
+        ("Результат сообщён Анне Кузнецовой; болезнь Крона.", "Анне Кузнецовой"),
+        ("Svar lämnat till Anders Lindberg.", "Anders Lindberg"),
+    ],
+)
+def test_unmarked_names_of_other_people_are_removed(text, name):
+    """Names that no title, role or degree announces, in ten languages, in capitals, family name
+    first, declined (Russian dative), and the medical words beside them stay."""
+    assert (name, "PERSON") in [(text[s:e], k) for s, e, k in detect(text)]
+    cleaned = clean_text(text, None)
+    assert name not in cleaned
+    assert not any(word in cleaned for word in name.replace(",", "").split() if word[0].isupper())
+    assert [w for w in ("Crohn", "Murphy", "Parkinson", "Hodgkin", "Крона", "CHEST") if w in text] == [
+        w for w in ("Crohn", "Murphy", "Parkinson", "Hodgkin", "Крона", "CHEST") if w in cleaned
+    ]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Fleischner Society guidelines; McBurney point tenderness; Kerley B lines.",
+        "Hodgkin lymphoma, Parkinson's disease, Crohn's colitis, Baker cyst left knee.",
+        "On Warfarin, Heparin flush; Tamoxifen; Omnipaque 350, Buscopan 20 mg.",
+        "May represent atelectasis; Will reassess after physiotherapy.",
+        "Mark Left Breast Lesion",
+        "Hope for resolution; Grace score intermediate. Bill as portable.",
+        "GRACE SCORE 140, MAX IP, MARK LEFT",
+        "Ann Arbor stage IIB; Austin Flint murmur; Will Rogers phenomenon in staging.",
+        "Sister Mary Joseph nodule; Charcot Marie Tooth disease; Mallory Weiss tear.",
+        "May-Thurner syndrome, Arnold Chiari malformation, Dandy Walker malformation.",
+        "Morbus Crohn, Hodgkin-Lymphom Stadium II, Kerley-B-Linien beidseits.",
+        "Signe de Murphy négatif, lymphome de Hodgkin, maladie de Crohn.",
+        "Enfermedad de Parkinson, linfoma de Hodgkin, signo de McBurney.",
+        "Лимфома Ходжкина, болезнь Паркинсона, болезнь Крона.",
+    ],
+)
+def test_medical_vocabulary_that_looks_like_names_stays(text):
+    """Eponyms (alone, with a given name inside, before or after their context word in five
+    languages), drug names and words that are also given names are no one's name."""
+    assert clean_text(text, None) == text
+
+
 def test_text_set_recall_and_kept_vocabulary():
     """The project's text set (benchmarks/freetext): every span of the object's own values goes,
     nearly all of the others, and every medical term stays."""
@@ -200,6 +256,40 @@ def test_clean_structured_content_cleans_sr_text_items(syntax):
     assert text == "Nodule in the right lower lobe. Patient (born) seen with Prof.. agrees."
 
 
+@pytest.mark.parametrize("syntax", SYNTAXES)
+def test_unmarked_names_go_wherever_text_is_kept(syntax):
+    """Profile research + Clean Structured Content: an unmarked name of someone else goes from a
+    descriptor, a frame comment in a functional group, a segment description and an SR TEXT item,
+    while the eponyms beside it stay."""
+    ds = phi_ct()
+    ds.StudyDescription = "XR CHEST AP PORTABLE for Douglas Davidson"
+    frame = Dataset()
+    frame.FrameComments = "copy to Anna Kowalczyk, Kerley B lines"
+    group = Dataset()
+    group.FrameContentSequence = Sequence([frame])
+    ds.PerFrameFunctionalGroupsSequence = Sequence([group])
+    segment = Dataset()
+    segment.SegmentLabel = "Liver"
+    segment.SegmentDescription = "Hodgkin lymphoma, reviewed with Rebecca Lawson"
+    ds.SegmentSequence = Sequence([segment])
+    leaf = Dataset()
+    leaf.RelationshipType, leaf.ValueType = "CONTAINS", "TEXT"
+    concept = Dataset()
+    concept.CodeValue, concept.CodingSchemeDesignator, concept.CodeMeaning = "121071", "DCM", "Finding"
+    leaf.ConceptNameCodeSequence = Sequence([concept])
+    leaf.TextValue = "Befund mitgeteilt an Petra Schneider. Morbus Crohn, Fleischner criteria."
+    container = Dataset()
+    container.RelationshipType, container.ValueType = "CONTAINS", "CONTAINER"
+    container.ContentSequence = Sequence([leaf])
+    ds.ContentSequence = Sequence([container])
+    ds = deidentify(in_byte_order(ds, syntax), "research", ("clean_structured_content",))
+    assert ds.StudyDescription == "XR CHEST AP PORTABLE for"
+    assert ds.PerFrameFunctionalGroupsSequence[0].FrameContentSequence[0].FrameComments == "copy to, Kerley B lines"
+    assert ds.SegmentSequence[0].SegmentDescription == "Hodgkin lymphoma, reviewed with"
+    text = ds.ContentSequence[0].ContentSequence[0].TextValue
+    assert text == "Befund mitgeteilt an. Morbus Crohn, Fleischner criteria."
+
+
 def test_rt_and_seg_labels_are_cleaned():
     """Profile research: RT ROI names and SEG segment labels keep their anatomy, lose the name."""
     ds = phi_ct()
@@ -224,6 +314,20 @@ def test_a_label_cleaned_to_nothing_gets_a_keyed_token():
     ds.StructureSetLabel = "sep30"
     label = deidentify(ds, "research").StructureSetLabel
     assert label and label == Pseudonymizer(KEY).token("sep30")
+
+
+def test_names_lexicon_is_generated_and_in_sync():
+    """rules/names.json is what rules/generate.py makes of Faker's person providers and pydicom's
+    vocabulary (Faker comes with the dev and rules extras)."""
+    import json
+
+    from rules.generate import NAMES_FILE, names_lexicon
+
+    shipped = json.loads((REPO / "rules" / NAMES_FILE).read_text(encoding="utf-8"))
+    generated = names_lexicon()
+    assert {k: v for k, v in shipped.items() if k != "source"} == {k: v for k, v in generated.items() if k != "source"}
+    assert {"anna", "kowalczyk", "claire"} <= set(shipped["given"]) | set(shipped["family"])
+    assert {"fleischner", "hodgkin", "warfarin"} <= set(shipped["medical"])
 
 
 def test_rules_outside_the_table_are_generated_and_in_sync():

@@ -1,12 +1,12 @@
 """Identifiers that no header attribute lists, found in kept free text.
 
 Other people's names (a reading physician, relatives, a chaperone) where a title, a role or a
-degree marks them; street addresses and postal codes; telephone numbers (validated by Google's
-libphonenumber, the ``phonenumbers`` package); dates in numeric, ISO and month-name spellings of
-several languages; long numbers and IDs; UIDs and e-mail addresses. Each finding is a
-``(start, end, kind)`` span. Words that merely look like names (eponyms such as Hodgkin or
-Parkinson, anatomy, laterality) are left alone: a name needs a marker. Results are cached per
-value, since descriptors repeat from file to file.
+degree marks them, and where nothing does (:mod:`deid.freetext.names`); street addresses and
+postal codes; telephone numbers (validated by Google's libphonenumber, the ``phonenumbers``
+package); dates in numeric, ISO and month-name spellings of several languages; long numbers and
+IDs; UIDs and e-mail addresses. Each finding is a ``(start, end, kind)`` span. Words that merely
+look like names (eponyms such as Hodgkin or Parkinson, anatomy, laterality) are left alone.
+Results are cached per value, since descriptors repeat from file to file.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from functools import lru_cache
 
 import phonenumbers
 
+from deid.freetext import names
 from deid.freetext.variants import MONTH_NAMES
 
 PERSON, ADDRESS, PHONE, DATE, ID, UID, EMAIL = "PERSON", "ADDRESS", "PHONE", "DATE", "ID", "UID", "EMAIL"
@@ -121,7 +122,10 @@ def detect(text: str) -> tuple[tuple[int, int, str], ...]:
         spans += [(m.start(), m.end(), kind) for m in pattern.finditer(text) if kind != UID or len(m[0]) >= MIN_UID]
     for match in _PERSON.finditer(text):
         group = next(g for g in ("titled", "role", "degree") if match.group(g))
+        if group == "role" and names.eponym(text, match.start(group), match.end(group)):
+            continue  # "Sister Mary Joseph nodule"
         spans.append((match.start(group), match.end(group), PERSON))
+    spans += [(start, end, PERSON) for start, end in names.find(text)]
     taken = [(s, e) for s, e, _ in spans]
     for match in _PHONE_CANDIDATE.finditer(text):
         if not _inside(match.start(), match.end(), taken) and _phone(match.group()):
