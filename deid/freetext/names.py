@@ -12,11 +12,11 @@ after which a capitalised word is a name ("cc", "besprochen mit", "transmis à" 
 ``rules/freetext-names.toml``.
 
 A pair of capitalised words (``Given Family``) is a name when the first is a given name and the
-second is a family name or no medical word, or when the second is a family name and the first no
-medical word; ``Family, Given`` when both are known; a pair in capitals (``JOHN MCALLISTER``) only
-when both are known and neither is medical. After a cue, one known name or a pair of capitalised
-non-medical words is enough. A name goes on over further given or family names and over
-particles (``Lotte van Dijk``).
+second a family name, or a word of three letters or more that is not medical; ``Family, Given``
+when both are known and neither is medical; a pair in capitals (``JOHN MCALLISTER``) likewise.
+After a cue, one known name or a pair of capitalised non-medical words is enough. A name goes on
+over further given or family names and over particles (``Lotte van Dijk``). A capitalised word
+alone, without a cue, is no name: eponyms are.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ _CYRILLIC = re.compile(r"[а-яё]", re.IGNORECASE)
 _CYRILLIC_ENDINGS = "аеёиоуыэюяйь"
 #: Letters a declined Cyrillic name may add to its stem (``Кузнецов|ой``).
 MAX_DECLENSION = 2
+#: Fewest letters of a family name that the lexicon does not know ("Max Ip" is a projection).
+MIN_UNKNOWN = 3
 #: Characters before a name searched for a cue or an eponym's phrase (longer than any of them).
 CONTEXT = 48
 
@@ -213,7 +215,7 @@ def _pair(first: _Token, second: _Token, lex: Lexicon, cued: bool) -> bool:
     family = _known(second.text, lex.family, lex.family_stems)
     if first.caps:
         return given and family and not _is_medical(first, lex) and not _is_medical(second, lex)
-    if given and (family or not _is_medical(second, lex)):
+    if given and (family or (len(second.text) >= MIN_UNKNOWN and not _is_medical(second, lex))):
         return True
     return cued and not _is_medical(first, lex) and not _is_medical(second, lex)
 
