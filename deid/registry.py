@@ -4,7 +4,7 @@ Each :class:`StageSpec` says what a stage is called, what it handles, which ``de
 set its part of :class:`~deid.config.RunConfig`, what of it goes into the run's fingerprint,
 when it is in force and how it is built. The CLI's options and ``--pixels`` choices, the
 fingerprint, the gate's refusals and each worker's stage list are derived from :data:`STAGES`:
-a new stage is its module and one entry here.
+a new stage is its module and one entry here, before ``provenance``, which stays the last.
 
 Light on purpose (no pydicom, numpy or click): the driver of a run with nothing to do reads it.
 Stage modules are imported only when a stage is built, in the workers.
@@ -184,6 +184,12 @@ def _dp_pix(config: RunConfig, context: BuildContext) -> Stage:
     return DpPixStage(context.pseudo, *config.dp_pix, eligibility=_eligibility(config))
 
 
+def _provenance(config: RunConfig, context: BuildContext) -> Stage:
+    from deid.provenance import ProvenanceStage
+
+    return ProvenanceStage()
+
+
 def _whole_image_files(config: RunConfig) -> list[Path]:
     return [Path(config.deform_rules)] if config.deform_rules else []
 
@@ -199,7 +205,8 @@ _ELIGIBILITY = Option(
     help="Which objects --pixels changes (TOML like rules/pixel/deform.toml); default the shipped rules.",
 )
 
-#: The stages, in the order they run.
+#: The stages, in the order they run; ``provenance``, which claims in the header what the others
+#: did, stays the last.
 STAGES: tuple[StageSpec, ...] = (
     StageSpec(
         "gate", "quarantine what the stages in force cannot make safe", _gate,
@@ -249,6 +256,10 @@ STAGES: tuple[StageSpec, ...] = (
             _ELIGIBILITY,
         ),
         whole_image=True, pixel=True, files=_whole_image_files,
+    ),
+    StageSpec(
+        "provenance", "what the stages did, claimed in the header (PS3.15 attributes, derivation, lossy "
+        "compression)", _provenance,
     ),
 )
 

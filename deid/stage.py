@@ -10,9 +10,10 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from deid.codes import CodedConcept
+
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
-
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,41 @@ class HeaderResult:
     identifying: re.Pattern[str] | None
 
 
+@dataclass(frozen=True)
+class Method:
+    """How the header stage de-identified an object.
+
+    Attributes
+    ----------
+    profile
+        The profile's name.
+    codes
+        CID 7050 codes of the profile and its options, in claim order.
+    dates
+        How longitudinal dates were kept: ``full``, ``modified``, or ``None`` (removed).
+    """
+
+    profile: str
+    codes: tuple[CodedConcept, ...]
+    dates: str | None
+
+
+@dataclass(frozen=True)
+class Derivation:
+    """What a whole-image stage made of the pixels.
+
+    Attributes
+    ----------
+    description
+        What Derivation Description gains, e.g. ``deid: learned deformation (...)``.
+    code
+        The CID 7203 code of the derivation.
+    """
+
+    description: str
+    code: CodedConcept
+
+
 @dataclass
 class Instance:
     """One SOP instance on its way through the stages.
@@ -83,6 +119,17 @@ class Instance:
     before, after
         The first frame's stored values as the first pixel stage found it and as the last one
         left it (``after`` only when the pixels changed), for the review page.
+    method
+        How the header stage de-identified the object; ``None`` until it has run.
+    text_masked
+        Whether the text stage blanked burned-in text.
+    derivations
+        What the whole-image stages made of the pixels, in order.
+    lossy_source
+        Whether a pixel stage wrote back pixels decoded from a lossy transfer syntax.
+
+    The last four are facts for the provenance stage (:mod:`deid.provenance`), which writes
+    every claim they support into the header.
     """
 
     ds: Dataset
@@ -93,6 +140,10 @@ class Instance:
     regions: list[Region] = field(default_factory=list)
     before: Any = None
     after: Any = None
+    method: Method | None = None
+    text_masked: bool = False
+    derivations: list[Derivation] = field(default_factory=list)
+    lossy_source: bool = False
 
     def looked_at(self, first_frame: Any) -> None:
         """A pixel stage examined the pixels: keep the first frame as it found it (the first
@@ -100,11 +151,13 @@ class Instance:
         if self.before is None:
             self.before = first_frame
 
-    def changed_pixels(self, stage: str, before: Any, after: Any) -> None:
-        """Stage ``stage`` replaced the pixels; ``before`` and ``after`` are its first frame."""
+    def changed_pixels(self, stage: str, before: Any, after: Any, *, lossy_source: bool) -> None:
+        """Stage ``stage`` replaced the pixels; ``before`` and ``after`` are its first frame,
+        ``lossy_source``: the pixels it wrote back were decoded from a lossy transfer syntax."""
         self.looked_at(before)
         self.after = after
         self.pixels_changed = True
+        self.lossy_source = self.lossy_source or lossy_source
         self.stages.append(stage)
 
 

@@ -88,7 +88,7 @@ def test_pipeline_builds_its_stages_once_and_another_key_gives_other_pseudonyms(
     assert first.dataset.PatientID == second.dataset.PatientID  # one patient, one pseudonym
     other = deid.Pipeline(key=KEY[::-1]).deidentify(dcmread(STUDY / "CT0001.dcm"))
     assert other.dataset.PatientID != first.dataset.PatientID
-    assert [line.split(":")[0] for line in pipeline.describe()] == ["gate", "header", "text"]
+    assert [line.split(":")[0] for line in pipeline.describe()] == ["gate", "header", "text", "provenance"]
 
 
 def test_a_dataset_built_in_memory_is_taken_as_explicit_little_endian():

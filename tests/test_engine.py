@@ -13,12 +13,17 @@ from conftest import KEY, make_ct
 from deid.header.engine import HeaderEngine
 from deid.header.iod import resolve_compound
 from deid.header.profiles import load_profile
+from deid.provenance import ProvenanceStage
 from deid.pseudonyms import Pseudonymizer, shift_da, shift_dt
+from deid.stage import Instance
 
 
 def deidentify(ds: Dataset, profile: str = "basic", options: tuple[str, ...] = ()):
+    """The header engine on ``ds``, then the provenance stage's claims of its method."""
     engine = HeaderEngine(load_profile(profile, options), Pseudonymizer(KEY))
-    return engine.apply(ds)
+    ctx = engine.apply(ds)
+    ProvenanceStage()(Instance(ds, method=engine.method))
+    return ctx
 
 
 def roundtrip(ds: Dataset) -> Dataset:

@@ -16,7 +16,8 @@ from conftest import REPO
 #: in ``.`` covers a package's modules. A new module goes into one of them.
 LAYERS: list[set[str]] = [
     {  # foundations: the stage interface, keys and pseudonyms, rules, pixel and text primitives
-        "deid.stage", "deid.shipped", "deid.faults", "deid.keys", "deid.logs", "deid.lifeline", "deid.preload",
+        "deid.stage", "deid.codes", "deid.shipped", "deid.faults", "deid.keys", "deid.logs", "deid.lifeline",
+        "deid.preload",
         "deid.pseudonyms", "deid.staging", "deid.dicomdir", "deid.freetext", "deid.freetext.",
         "deid.header", "deid.header.unknown", "deid.header.iod", "deid.header.profiles",
         "deid.pixels", "deid.pixels.encode", "deid.pixels.render", "deid.pixels.unused_bits",
@@ -25,7 +26,8 @@ LAYERS: list[set[str]] = [
     },
     {  # the stages and what they use
         "deid.header.actions", "deid.header.age", "deid.header.engine", "deid.header.stage", "deid.gate",
-        "deid.review", "deid.pixels.text", "deid.pixels.derive", "deid.pixels.deform", "deid.pixels.dppix",
+        "deid.review", "deid.provenance", "deid.pixels.text", "deid.pixels.derive", "deid.pixels.deform",
+        "deid.pixels.dppix",
     },
     {"deid.registry"},
     {"deid.config"},

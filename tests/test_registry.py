@@ -49,9 +49,9 @@ def test_stage_list_follows_the_configuration():
     def names(config: RunConfig) -> list[str]:
         return [stage.name for stage in build_stages(config, context(config))]
 
-    assert names(RunConfig("basic", (), KEY, header_only=True)) == ["gate", "header"]
-    assert names(RunConfig("basic", (), KEY, pixels="none")) == ["gate", "header", "text"]
-    assert names(RunConfig("basic", (), KEY, pixels="dp-pix")) == ["gate", "header", "text", "dp-pix"]
+    assert names(RunConfig("basic", (), KEY, header_only=True)) == ["gate", "header", "provenance"]
+    assert names(RunConfig("basic", (), KEY, pixels="none")) == ["gate", "header", "text", "provenance"]
+    assert names(RunConfig("basic", (), KEY, pixels="dp-pix")) == ["gate", "header", "text", "dp-pix", "provenance"]
     with pytest.raises(ValueError, match="unknown pixel stage"):
         names(RunConfig("basic", (), KEY, pixels="blur"))
 
@@ -79,8 +79,8 @@ def test_a_new_stage_is_one_entry(monkeypatch):
 
     spec = StageSpec("stamp", "a test stage", lambda config, context: Stamp(), pixel=True,
                      options=(Option(("--text-mode",), "text_mode", help="shared"),))
-    monkeypatch.setattr(registry, "STAGES", (*STAGES, spec))
+    monkeypatch.setattr(registry, "STAGES", (*STAGES[:-1], spec, STAGES[-1]))
     config = RunConfig("basic", (), KEY, pixels="none")
-    assert [stage.name for stage in build_stages(config, context(config))][-1] == "stamp"
+    assert [stage.name for stage in build_stages(config, context(config))][-2:] == ["stamp", "provenance"]
     assert [stage.name for stage in build_stages(dataclasses.replace(config, header_only=True),
-                                                 context(config))] == ["gate", "header"]
+                                                 context(config))] == ["gate", "header", "provenance"]

@@ -18,7 +18,6 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
 
-from deid import __version__
 from deid.freetext.clean import clean_text, needs_cleaning
 from deid.freetext.variants import IDENTIFYING_ATTRIBUTES, NAME, variant_pattern
 from deid.header.actions import (
@@ -34,7 +33,7 @@ from deid.header.actions import (
 )
 from deid.header.age import CAP_AGE, PATIENT_AGE
 from deid.header.iod import attribute_types, resolve_compound
-from deid.header.profiles import Code, Profile
+from deid.header.profiles import Profile
 from deid.header.unknown import (
     declared_private_vrs,
     decode_un,
@@ -44,6 +43,7 @@ from deid.header.unknown import (
     private_vr,
 )
 from deid.pseudonyms import Pseudonymizer
+from deid.stage import Method
 
 #: Removed whatever the profile says: Encrypted Attributes, Original Attributes, Digital
 #: Signatures, MAC Parameters, trailing padding and the Icon Image Sequence, a thumbnail of
@@ -429,15 +429,6 @@ class FileContext:
         return self.profile.sr_concepts.get(key, "K") != "X"
 
 
-def _code_item(code: Code) -> Dataset:
-    """A code sequence item for ``code``; the same item serves every file (it is never changed)."""
-    item = Dataset()
-    item.CodeValue = code.value
-    item.CodingSchemeDesignator = code.scheme
-    item.CodeMeaning = code.meaning
-    return item
-
-
 class HeaderEngine:
     """De-identify dataset headers with one profile and one key.
 
@@ -452,7 +443,8 @@ class HeaderEngine:
     def __init__(self, profile: Profile, pseudo: Pseudonymizer) -> None:
         self.profile = profile
         self.pseudo = pseudo
-        self._method_codes = tuple(_code_item(code) for code in profile.codes)
+        #: What the engine does to every object, for the provenance stage's claims.
+        self.method = Method(profile.name, profile.codes, profile.date_option)
 
     def context(self, ds: Dataset) -> FileContext:
         """Make the per-file context (pseudonyms, date shift, identifying values) for ``ds``."""
@@ -472,7 +464,7 @@ class HeaderEngine:
         )
 
     def apply(self, ds: Dataset) -> FileContext:
-        """De-identify ``ds`` in place and add the PS3.15 de-identification attributes.
+        """De-identify ``ds`` in place (the provenance stage claims it, from :attr:`method`).
 
         Returns
         -------
@@ -481,18 +473,7 @@ class HeaderEngine:
         """
         ctx = self.context(ds)
         ctx.walk(ds)
-        self._mark(ds)
         return ctx
-
-    def _mark(self, ds: Dataset) -> None:
-        profile = self.profile
-        ds.PatientIdentityRemoved = "YES"
-        ds.DeidentificationMethod = f"deid {__version__}: profile {profile.name}"[:64]
-        ds.DeidentificationMethodCodeSequence = Sequence(self._method_codes)  # stages may append
-        ds.LongitudinalTemporalInformationModified = {
-            "full": "UNMODIFIED",
-            "modified": "MODIFIED",
-        }.get(profile.date_option or "", "REMOVED")
 
 
 __all__ = ["HeaderEngine", "FileContext", "patient_key"]

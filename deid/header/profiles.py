@@ -21,6 +21,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deid.codes import CodedConcept
 from deid.shipped import rules_dir
 
 #: The action codes of Table E.1-1a.
@@ -61,15 +62,6 @@ _TAG = re.compile(r"^\(([0-9A-Fa-fx]{4}),([0-9A-Fa-fx]{4})\)$")
 
 class ProfileError(ValueError):
     """A profile file is missing, malformed or inconsistent."""
-
-
-@dataclass(frozen=True)
-class Code:
-    """A CID 7050 coded concept."""
-
-    value: str
-    scheme: str
-    meaning: str
 
 
 @dataclass(frozen=True)
@@ -129,7 +121,7 @@ class Profile:
 
     name: str
     options: tuple[str, ...]
-    codes: tuple[Code, ...]
+    codes: tuple[CodedConcept, ...]
     tags: dict[int, Rule] = field(default_factory=dict)
     masks: list[tuple[int, int, Rule]] = field(default_factory=list)
     by_vr: dict[str, Rule] = field(default_factory=dict)
@@ -283,8 +275,8 @@ def _add(profile: Profile, rule: Rule) -> None:
         raise ProfileError(f"{rule.source}: a rule needs tag, keyword, vr or private_creator")
 
 
-def _code(meta: dict) -> Code:
-    return Code(meta["code_value"], meta["coding_scheme"], meta["code_meaning"])
+def _code(meta: dict) -> CodedConcept:
+    return CodedConcept(meta["code_value"], meta["coding_scheme"], meta["code_meaning"])
 
 
 def _safe_private() -> frozenset[tuple[str, int, int]]:

@@ -8,7 +8,8 @@ from deid.stage import HeaderResult, Instance
 
 
 class HeaderStage:
-    """Apply a :class:`HeaderEngine` to each instance and hand on what it replaced (:class:`HeaderResult`).
+    """Apply a :class:`HeaderEngine` to each instance and hand on what it replaced (:class:`HeaderResult`)
+    and how (:class:`~deid.stage.Method`).
 
     Parameters
     ----------
@@ -34,4 +35,5 @@ class HeaderStage:
         instance.header = HeaderResult(
             dict(ctx.uid_pairs), (ctx.original_patient_id, ctx.patient_pseudonym), ctx.identifying
         )
+        instance.method = self.engine.method
         instance.stages.append(self.name)

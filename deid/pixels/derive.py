@@ -1,6 +1,6 @@
 """What the whole-image pixel stages (deformation, DP-Pix) share: the map between stored values
 and the [0, 1] display-oriented scale their transforms work on, writing the result back, and
-marking the object derived."""
+recording the derivation (the provenance stage writes it into the header)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,15 @@ from dataclasses import dataclass
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence
 
+from deid.codes import CodedConcept
 from deid.pixels.codecs import pixel_array
 from deid.pixels.eligibility import Eligibility
 from deid.pixels.encode import write_pixels
-from deid.pixels.text import claim_clean_pixel_data
-from deid.stage import Instance, Quarantined
+from deid.stage import Derivation, Instance, Quarantined
 
 #: CID 7203 Image Derivation: the image is resampled on a new grid (a warp, or cells).
-SPATIAL_RESAMPLING = ("113085", "DCM", "Spatial resampling")
+SPATIAL_RESAMPLING = CodedConcept("113085", "DCM", "Spatial resampling")
 
 
 @dataclass(frozen=True)
@@ -112,29 +111,7 @@ class WholeImageStage:
             raise Quarantined(f"{self.name} stage returned an image of another shape or non-finite values")
         changed = scale.to_stored(image, stored.dtype)
         encoding = write_pixels(ds, changed, ds.file_meta.TransferSyntaxUID)
-        mark_derived(ds, self.derivation(), self.code)
-        item.notes.append(f"{self.note()}; {encoding}")
-        item.changed_pixels(self.name, stored, changed)
+        item.derivations.append(Derivation(self.derivation(), self.code))
+        item.notes.append(f"{self.note()}; {encoding.note}")
+        item.changed_pixels(self.name, stored, changed, lossy_source=encoding.lossy_source)
 
-
-def mark_derived(ds: Dataset, description: str, code: tuple[str, str, str]) -> None:
-    """Say in the header that the pixels were derived, each statement once.
-
-    Image Type value 1 becomes DERIVED (the other values stay; DERIVED\\SECONDARY when there was
-    none), Derivation Description gains ``description``, Derivation Code Sequence gains ``code``
-    and the De-identification Method Code Sequence carries CID 7050 113101.
-    """
-    image_type = ds.get("ImageType")
-    values = [] if not image_type else [image_type] if isinstance(image_type, str) else list(image_type)
-    ds.ImageType = ["DERIVED", *values[1:]] if values else ["DERIVED", "SECONDARY"]
-    previous = str(ds.get("DerivationDescription", "") or "")
-    if description not in previous:
-        ds.DerivationDescription = f"{previous}; {description}"[-1024:] if previous else description
-    codes = ds.get("DerivationCodeSequence")
-    if codes is None:
-        ds.DerivationCodeSequence = codes = Sequence()
-    if not any((c.get("CodeValue"), c.get("CodingSchemeDesignator")) == code[:2] for c in codes):
-        entry = Dataset()
-        entry.CodeValue, entry.CodingSchemeDesignator, entry.CodeMeaning = code
-        codes.append(entry)
-    claim_clean_pixel_data(ds)

@@ -3,6 +3,8 @@ syntax where there is an encoder, lossless JPEG 2000 or native little endian oth
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import (
@@ -29,6 +31,23 @@ LOSSLESS = frozenset(
 ENCODERS = {RLELossless: "pydicom", JPEGLSLossless: "pyjpegls", JPEG2000Lossless: "pylibjpeg"}
 
 
+@dataclass(frozen=True)
+class Encoding:
+    """How changed pixels were written back.
+
+    Attributes
+    ----------
+    note
+        What the manifest says of the encoding (no PHI).
+    lossy_source
+        The pixels were decoded from a lossy transfer syntax: their history stays lossy, which
+        the provenance stage records (Lossy Image Compression).
+    """
+
+    note: str
+    lossy_source: bool
+
+
 def target_syntax(source: UID) -> UID:
     """The syntax to write: the source if native or lossless with an encoder, else J2K lossless."""
     if not source.is_compressed:
@@ -36,8 +55,8 @@ def target_syntax(source: UID) -> UID:
     return source if source in ENCODERS else JPEG2000Lossless
 
 
-def write_pixels(ds: Dataset, array: np.ndarray, source: UID) -> str:
-    """Store ``array`` in ``ds`` and encode it; return a note on the encoding for the manifest.
+def write_pixels(ds: Dataset, array: np.ndarray, source: UID) -> Encoding:
+    """Store ``array`` in ``ds`` and encode it; return how (:class:`Encoding`).
 
     A lossy source is never re-encoded lossily: it goes to lossless JPEG 2000 (or native when
     no encoder takes the data, e.g. 32-bit samples).
@@ -47,7 +66,7 @@ def write_pixels(ds: Dataset, array: np.ndarray, source: UID) -> str:
         order = ">" if not source.is_little_endian else "<"
         dtype = np.dtype(f"{order}{'i' if int(ds.PixelRepresentation) else 'u'}{int(ds.BitsAllocated) // 8}")
         ds.PixelData = array.astype(dtype).tobytes()
-        return "native"
+        return Encoding("native", lossy_source=False)
     if not source.is_little_endian:  # pydicom sets pixel data in little endian only
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     photometric = str(ds.PhotometricInterpretation)
@@ -69,7 +88,7 @@ def write_pixels(ds: Dataset, array: np.ndarray, source: UID) -> str:
         else:
             if target == JPEG2000Lossless and photometric == "RGB":
                 ds.PhotometricInterpretation = "YBR_RCT"  # the encoder applied the reversible transform
-    if source.is_compressed and source not in LOSSLESS:
-        ds.LossyImageCompression = "01"  # the pixels' history stays true
+    lossy_source = source.is_compressed and source not in LOSSLESS
+    if lossy_source:
         note += ", lossy input re-encoded losslessly"
-    return note
+    return Encoding(note, lossy_source)

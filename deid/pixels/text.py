@@ -44,8 +44,6 @@ _TOKEN = re.compile(r"[A-Za-z0-9%<>~=.,]+")
 
 #: What masked text becomes (see :func:`deid.pixels.render.fill_value`).
 FILLS = ("black", "background", "test")
-#: CID 7050 Clean Pixel Data Option.
-CLEAN_PIXEL_DATA = ("113101", "DCM", "Clean Pixel Data Option")
 
 
 def line_is_safe(text: str, identifying: re.Pattern[str] | None) -> bool:
@@ -120,12 +118,11 @@ class TextStage:
             cleaned[:, y : y + height, x : x + width] = fill
         source = ds.file_meta.TransferSyntaxUID
         encoding = write_pixels(ds, cleaned if array.ndim == cleaned.ndim else cleaned[0], source)
-        ds.BurnedInAnnotation = "NO"
-        claim_clean_pixel_data(ds)
+        item.text_masked = True
         layers = [region.layer for region in masked]
         counts = ",".join(f"{layer}:{layers.count(layer)}" for layer in dict.fromkeys(layers))
-        item.notes.append(f"text regions {counts}; {encoding}")
-        item.changed_pixels(self.name, frames[0], cleaned[0])
+        item.notes.append(f"text regions {counts}; {encoding.note}")
+        item.changed_pixels(self.name, frames[0], cleaned[0], lossy_source=encoding.lossy_source)
 
     def _read(self, frames: np.ndarray, ds: Dataset, known: list[Box], item: Instance) -> list[Region]:
         """OCR the frame (or the min and max over frames) with the known regions blanked, and read
@@ -146,12 +143,3 @@ class TextStage:
                     lines[line.box] = Region("ocr", line.box, line.text, masked)
         return list(lines.values())
 
-
-def claim_clean_pixel_data(ds: Dataset) -> None:
-    """Add CID 7050 113101 to the De-identification Method Code Sequence, once."""
-    codes = ds.get("DeidentificationMethodCodeSequence")
-    if codes is None or any(c.get("CodeValue") == CLEAN_PIXEL_DATA[0] for c in codes):
-        return
-    item = Dataset()
-    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = CLEAN_PIXEL_DATA
-    codes.append(item)
