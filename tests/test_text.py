@@ -13,7 +13,13 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.uid import JPEGLSLossless, RLELossless, UltrasoundMultiFrameImageStorage
+from pydicom.uid import (
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+    UltrasoundMultiFrameImageStorage,
+)
 
 from conftest import KEY, iod_errors, make_ct, write
 from deid.pipeline import DUPLICATE_REASON, RunConfig
@@ -116,6 +122,17 @@ def test_multiframe_text_near_the_edge_in_lossless_syntaxes(tmp_path: Path, synt
         pytest.skip("dciodvfy (Debian dicom3tools) is not installed: the IOD check did not run")
     output = next((tmp_path / "out").rglob("*.dcm"))
     assert iod_errors(output) <= iod_errors(tmp_path / "in" / "a.dcm")
+
+
+def test_a_lossy_image_cleaned_of_text_still_says_it_was_lossy(tmp_path: Path):
+    ds = ultrasound(draw((240, 320), [("DOE^JOHN 445566", (10, 10), 24, 255)], 20))
+    ds.compress(JPEGLSNearLossless, jls_error=3, encoding_plugin="pyjpegls")
+    assert "LossyImageCompression" not in ds
+    out = run_one(ds, tmp_path)
+    assert out.file_meta.TransferSyntaxUID == JPEG2000Lossless  # never lossy again
+    assert out.LossyImageCompression == "01"
+    assert out.BurnedInAnnotation == "NO"
+    assert [c.CodeValue for c in out.DeidentificationMethodCodeSequence] == ["113100", "113101"]
 
 
 def test_image_without_text_is_untouched_byte_for_byte(tmp_path: Path):
