@@ -67,10 +67,23 @@ def test_ncc_is_the_correlation_coefficient_and_torch_agrees():
     assert hog_features(np.stack([a, a]))[0] @ hog_features(np.stack([a, a]))[1] == pytest.approx(1.0)
 
 
+def test_registration_and_alignment_undo_a_random_affine_map_that_defeats_plain_correlation():
+    from deid.train.attacks import aligned_scores, registration_scores
+    from deid.train.keyed import Magnitudes, keyed_anonymizer
+
+    split = synthetic_split(24, 2, True, seed=7, shared=0.5)
+    pairs, genuine = split.all_within_source_pairs()
+    moved = keyed_anonymizer(Magnitudes(rotation=10, scale=0.08, shift=0.08), b"key")(split.images)
+    plain = roc_auc(genuine, pair_scores(ncc_features(moved, 32), ncc_features(split.images, 32), pairs))
+    registered = roc_auc(genuine, registration_scores(moved, split.images, pairs))
+    aligned = roc_auc(genuine, aligned_scores(moved, split.images, split.sources, pairs))
+    assert registered > plain + 0.05 and aligned > plain + 0.05, (plain, registered, aligned)
+
+
 def test_protocol_scores_the_maximum_over_attackers():
     train, val, test = (synthetic_split(12, 2, True, seed=s) for s in (2, 3, 4))
     reid = reidentification(TOY, lambda images: images, train, val, test, runs=2)
-    assert set(reid["attackers"]) == {*BASELINES, "ncc32-both", "learned"}
+    assert set(reid["attackers"]) == {*BASELINES, "ncc32-both", "registration", "ncc32-aligned", "learned"}
     assert len(reid["max"]["weighted"]) == 2 and len(reid["attackers"]["learned"]["weighted"]) == 2
     for run, value in enumerate(reid["max"]["pooled"]):
         assert value == max(a["pooled"][min(run, len(a["pooled"]) - 1)] for a in reid["attackers"].values())
@@ -140,3 +153,29 @@ def test_report_goes_between_the_cards_results_lines(tmp_path):
     card.write_text("# card without the lines\n")
     with pytest.raises(ValueError, match="results"):
         write_card(card, "| new |")
+
+
+def test_keyed_noise_follows_the_key_and_the_uid():
+    from deid.pixels.deform import keyed_noise
+
+    first = keyed_noise(b"run key", "1.2.3.4", 40)
+    assert first.dtype == np.float32 and first.shape == (40,) and np.abs(first).max() <= 1.0
+    assert np.array_equal(first, keyed_noise(b"run key", "1.2.3.4", 40))
+    assert not np.allclose(first, keyed_noise(b"another key", "1.2.3.4", 40))
+    assert not np.allclose(first, keyed_noise(b"run key", "1.2.3.5", 40))
+
+
+def test_keyed_transform_is_the_identity_at_zero_noise_and_rotates_in_physical_proportions():
+    from deid.train.keyed import KeyedTransform, Magnitudes
+
+    magnitudes = Magnitudes(rotation=90, scale=0.1, shift=0.1, elastic=0.05, intensity=0.2)
+    transform = KeyedTransform(magnitudes)
+    image = torch.rand(1, 1, 40, 60, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(transform(image, torch.zeros(1, magnitudes.noise_size)), image, atol=1e-5)
+    # A quarter turn of a horizontal bar through the centre of a landscape image is a vertical bar.
+    bar = torch.zeros(1, 1, 41, 61)
+    bar[..., 20, 20:41] = 1.0
+    noise = torch.zeros(1, magnitudes.noise_size)
+    noise[0, 0] = 1.0
+    turned = KeyedTransform(Magnitudes(rotation=90, scale=0, shift=0))(bar, noise)
+    assert turned[0, 0, 10:31, 30].min() > 0.99 and turned[0, 0, 20, 20:41].sum() < 1.5

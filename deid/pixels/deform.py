@@ -9,6 +9,7 @@ This stage maps stored values to [0, 1] and back (:mod:`deid.pixels.derive`).
 from __future__ import annotations
 
 import hashlib
+import hmac
 import importlib.util
 import json
 import threading
@@ -29,6 +30,15 @@ METADATA_KEYS = ("name", "preset", "mu", "input_size", "sha256")
 
 _SESSIONS: dict[tuple[str, str], tuple[Any, str]] = {}
 _LOCK = threading.Lock()
+
+
+def keyed_noise(key: bytes, uid: str, size: int) -> np.ndarray:
+    """One image's transform noise: ``size`` values uniform in [-1, 1] (float32) from a numpy
+    generator seeded by HMAC-SHA256(``key``, ``uid``), so the same key and SOP Instance UID always
+    draw the same values and nobody without the key can draw them."""
+    digest = hmac.new(key, uid.encode(), hashlib.sha256).digest()
+    rng = np.random.Generator(np.random.PCG64(np.frombuffer(digest, dtype=np.uint32)))
+    return rng.uniform(-1.0, 1.0, size).astype(np.float32)
 
 
 @dataclass(frozen=True)

@@ -74,13 +74,134 @@ def hog_features(images: np.ndarray, size: int = 64, cell: int = 8, bins: int = 
     return _unit_rows(histogram.reshape(n, -1))
 
 
+def _gaussian_blur(images: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur of (n, s, s) with edge replication."""
+    radius = int(3 * sigma + 0.5)
+    axis = np.arange(-radius, radius + 1)
+    kernel = np.exp(-axis**2 / (2 * sigma**2))
+    kernel /= kernel.sum()
+    padded = np.pad(images, ((0, 0), (radius, radius), (radius, radius)), mode="edge")
+    side = images.shape[1]
+    rows = sum(k * padded[:, i:i + side, :] for i, k in enumerate(kernel))
+    return sum(k * rows[:, :, i:i + side] for i, k in enumerate(kernel))
+
+
+def highpass_features(images: np.ndarray, size: int = 32, sigma: float = 2.0) -> np.ndarray:
+    """NCC of the ``size`` px thumbnails minus their Gaussian blur (``sigma`` px): blind to smooth
+    changes of brightness."""
+    small = area_downsize(np.asarray(images, np.float64), size)
+    detail = small - _gaussian_blur(small, sigma)
+    return _unit_rows(detail.reshape(len(detail), -1))
+
+
 #: The fixed attackers scored against real test images, by name.
 BASELINES: dict[str, Features] = {
     "ncc16": lambda images: ncc_features(images, 16),
     "ncc32": lambda images: ncc_features(images, 32),
     "ncc64": lambda images: ncc_features(images, 64),
     "hog64": hog_features,
+    "ncc32-highpass": highpass_features,
 }
+
+#: The registration attacker's search: rotations (degrees), scales, shifts (fraction of the side).
+REGISTRATION_GRID = ((-12.0, -6.0, 0.0, 6.0, 12.0), (0.9, 1.0, 1.1), (-0.08, -0.04, 0.0, 0.04, 0.08))
+
+
+def registration_grid(rotation: float = 0.0, scale: float = 0.0, shift: float = 0.0) -> tuple:
+    """:data:`REGISTRATION_GRID` widened to cover a public transform's largest rotation (degrees),
+    scale and shift (fractions), with as many steps (5 rotations, 3 scales, 5 shifts a side)."""
+    rotations, scales, shifts = REGISTRATION_GRID
+    r = max(rotation, rotations[-1])
+    s = max(scale, scales[-1] - 1.0)
+    t = max(shift, shifts[-1])
+    return tuple(np.linspace(-r, r, 5)), (1.0 - s, 1.0, 1.0 + s), tuple(np.linspace(-t, t, 5))
+
+
+def _affine(parameters: torch.Tensor) -> torch.Tensor:
+    """(n, 2, 3) affine maps from (n, 4) rotation (radians), log scale, shift x, shift y."""
+    angle, scale = parameters[:, 0], parameters[:, 1].exp()
+    cos, sin = scale * angle.cos(), scale * angle.sin()
+    return torch.stack([torch.stack([cos, -sin, parameters[:, 2]], 1), torch.stack([sin, cos, parameters[:, 3]], 1)], 1)
+
+
+def _unit_torch(x: torch.Tensor) -> torch.Tensor:
+    x = x.flatten(1)
+    x = x - x.mean(dim=1, keepdim=True)
+    return x / x.norm(dim=1, keepdim=True).clamp(min=1e-12)
+
+
+def align_to_templates(images: np.ndarray, sources: np.ndarray, templates: dict[str, np.ndarray], size: int = 32,
+                       steps: int = 80) -> np.ndarray:
+    """Each image (n, s, s) moved by the affine map (rotation, scale, shift) that best correlates
+    its ``size`` px thumbnail with its source's template (``size`` px): a coarse search over
+    rotations and shifts, then Adam on the correlation. Returns the aligned thumbnails at
+    ``size`` px."""
+    small = torch.from_numpy(area_downsize(np.asarray(images, np.float32), 2 * size)).unsqueeze(1).float()
+    target = torch.from_numpy(np.stack([templates[s] for s in sources]).astype(np.float32))
+    target = _unit_torch(target)
+
+    def moved(parameters: torch.Tensor) -> torch.Tensor:
+        sample = F.affine_grid(_affine(parameters), list(small.shape), align_corners=True)
+        return F.avg_pool2d(F.grid_sample(small, sample, mode="bilinear", padding_mode="border", align_corners=True), 2)
+
+    with torch.no_grad():
+        best, best_score = torch.zeros(len(small), 4), torch.full((len(small),), -2.0)
+        for angle in np.radians([-12.0, -6.0, 0.0, 6.0, 12.0]):
+            for dx in (-0.1, 0.0, 0.1):
+                for dy in (-0.1, 0.0, 0.1):
+                    start = torch.tensor([angle, 0.0, dx, dy], dtype=torch.float32).expand(len(small), 4)
+                    score = (_unit_torch(moved(start)) * target).sum(1)
+                    better = score > best_score
+                    best[better], best_score[better] = start[better], score[better]
+    parameters = best.clone().requires_grad_(True)
+    optimiser = torch.optim.Adam([parameters], lr=0.01)
+    for _ in range(steps):
+        loss = -(_unit_torch(moved(parameters)) * target).sum()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    with torch.no_grad():
+        return moved(parameters).squeeze(1).numpy().astype(np.float64)
+
+
+def aligned_scores(anonymized: np.ndarray, real: np.ndarray, sources: np.ndarray, pairs: np.ndarray,
+                   size: int = 32) -> np.ndarray:
+    """``ncc<size>`` after both images of a pair were aligned (:func:`align_to_templates`) to the
+    mean real image of their source, which the attacker computes from its own real images."""
+    thumbnails = area_downsize(np.asarray(real, np.float64), size)
+    templates = {s: thumbnails[sources == s].mean(axis=0) for s in np.unique(sources)}
+    first = _unit_rows(align_to_templates(anonymized, sources, templates, size).reshape(len(real), -1))
+    second = _unit_rows(align_to_templates(real, sources, templates, size).reshape(len(real), -1))
+    return pair_scores(first, second, pairs)
+
+
+@torch.no_grad()
+def registration_scores(anonymized: np.ndarray, real: np.ndarray, pairs: np.ndarray, size: int = 32,
+                        grid: tuple = REGISTRATION_GRID) -> np.ndarray:
+    """``ncc<size>`` of each pair maximised over affine maps of its anonymized image: for every
+    rotation, scale and shift of ``grid`` the anonymized stack is resampled (at twice ``size``,
+    bilinear, border), area-downsized, and correlated with every real thumbnail; the score of a
+    pair is its best correlation over the maps."""
+    rotations, scales, shifts = grid
+    real_vectors = torch.from_numpy(ncc_features(real, size)).float()
+    small = torch.from_numpy(area_downsize(np.asarray(anonymized, np.float32), 2 * size)).unsqueeze(1).float()
+    n = len(small)
+    best = torch.full((n, len(real)), -2.0)
+    for rotation in rotations:
+        angle = np.radians(rotation)
+        for scale in scales:
+            for dx in shifts:
+                for dy in shifts:
+                    theta = torch.tensor([[scale * np.cos(angle), -scale * np.sin(angle), 2 * dx],
+                                          [scale * np.sin(angle), scale * np.cos(angle), 2 * dy]],
+                                         dtype=torch.float32).expand(n, 2, 3)
+                    sample = F.affine_grid(theta, list(small.shape), align_corners=True)
+                    moved = F.grid_sample(small, sample, mode="bilinear", padding_mode="border", align_corners=True)
+                    vectors = F.avg_pool2d(moved, 2).flatten(1)
+                    vectors = vectors - vectors.mean(dim=1, keepdim=True)
+                    vectors = vectors / vectors.norm(dim=1, keepdim=True).clamp(min=1e-12)
+                    torch.maximum(best, vectors @ real_vectors.T, out=best)
+    return best.numpy().astype(np.float64)[pairs[:, 0], pairs[:, 1]]
 #: The fixed attacker that anonymizes its own image too.
 BOTH_ANONYMIZED = ("ncc32-both", BASELINES["ncc32"])
 

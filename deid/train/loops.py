@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from deid.train.data import LABELS, Split
+from deid.train.keyed import KeyedTransform, Magnitudes
 from deid.train.networks import Classifier, Deformation, DenseNet, ResNet, SiameseVerifier, UNet
 from deid.train.presets import Preset
 
@@ -172,10 +173,18 @@ def _masked_bce(logits: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor
     return (loss * masks).sum() / masks.sum().clamp(min=1)
 
 
-def train_classifier(preset: Preset, train: Split, val: Split, seed: int) -> Classifier:
-    """The utility classifier on real images (Adam, masked BCE, horizontal flips, early stopping)."""
+def train_classifier(preset: Preset, train: Split, val: Split, seed: int,
+                     augment: Magnitudes | None = None, epochs: int | None = None) -> Classifier:
+    """The utility classifier on real images (Adam, masked BCE, horizontal flips, early stopping).
+
+    With ``augment``, every training image also goes through :class:`KeyedTransform` with fresh
+    random noise (standard augmentation: random rotation, scale, shift, elastic and intensity
+    changes up to those magnitudes, drawn from the training seed, not from any run's key);
+    ``epochs`` overrides the preset's most epochs.
+    """
     rng = seed_everything(seed)
     model = new_classifier(preset)
+    augmentation = None if augment is None else KeyedTransform(augment)
     optimiser = torch.optim.Adam(model.parameters(), lr=preset.critic_lr)
     x_train, t_train, m_train = tensor(train.images), on_device(train.targets), on_device(train.masks)
 
@@ -187,6 +196,10 @@ def train_classifier(preset: Preset, train: Split, val: Split, seed: int) -> Cla
             x = x_train[idx]
             flip = on_device(rng.random(len(idx)) < 0.5)
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+            if augmentation is not None:
+                size = augmentation.magnitudes.noise_size
+                noise = on_device(rng.uniform(-1, 1, (len(idx), size)).astype(np.float32))
+                x = augmentation(x, noise)
             with autocast():
                 loss = _masked_bce(model(x).float(), t_train[idx], m_train[idx])
             optimiser.zero_grad()
@@ -194,7 +207,7 @@ def train_classifier(preset: Preset, train: Split, val: Split, seed: int) -> Cla
             optimiser.step()
         return classifier_loss(model, val)
 
-    return _early_stopping(model, preset.critic_epochs, preset.patience, epoch, "classifier")[0]
+    return _early_stopping(model, epochs or preset.critic_epochs, preset.patience, epoch, "classifier")[0]
 
 
 @torch.no_grad()

@@ -22,7 +22,16 @@ from typing import Any
 import numpy as np
 import structlog
 
-from deid.train.attacks import BASELINES, BOTH_ANONYMIZED, embed, pair_scores, train_metric_attacker
+from deid.train.attacks import (
+    BASELINES,
+    BOTH_ANONYMIZED,
+    REGISTRATION_GRID,
+    aligned_scores,
+    embed,
+    pair_scores,
+    registration_scores,
+    train_metric_attacker,
+)
 from deid.train.data import LABELS, Split
 from deid.train.loops import class_probabilities
 from deid.train.metrics import roc_auc
@@ -38,9 +47,17 @@ Anonymizer = Callable[[np.ndarray], np.ndarray]
 
 
 def reidentification(preset: Preset, anonymize: Anonymizer, train: Split, val: Split, test: Split,
-                     runs: int, seed: int = 100) -> dict:
+                     runs: int, seed: int = 100, attacker_anonymize: Anonymizer | None = None,
+                     min_genuine_pairs: int = MIN_GENUINE_PAIRS, search: tuple | None = None) -> dict:
     """Re-identification AUC of every attacker against ``anonymize``, and their maximum (over the
     fixed attackers only when ``runs`` is 0).
+
+    ``attacker_anonymize`` is the public anonymizer as the attacker can run it on its own real
+    images (``ncc32-both``): for a keyed transform, the same method under the attacker's own key;
+    by default ``anonymize`` itself (a deterministic model anyone can replay).
+    ``min_genuine_pairs``: the fewest genuine pairs of a source in the weighted column.
+    ``search``: the registration attacker's grid (default :data:`REGISTRATION_GRID`; a keyed
+    transform's evaluation widens it to the transform's public magnitudes).
 
     Returns
     -------
@@ -50,14 +67,12 @@ def reidentification(preset: Preset, anonymize: Anonymizer, train: Split, val: S
         value per run for learned attackers, one for fixed ones) and ``max`` (the same, the
         maximum over attackers, one value per run).
     """
-    anon_train = replace(train, images=anonymize(train.images))
-    anon_val = replace(val, images=anonymize(val.images))
     anon_test = anonymize(test.images)
     pairs, genuine = test.all_within_source_pairs()
     pair_source = test.sources[pairs[:, 0]]
     sources = {s: {"genuine_pairs": int(genuine[pair_source == s].sum()),
                    "impostor_pairs": int((~genuine[pair_source == s]).sum())} for s in np.unique(test.sources)}
-    scored = [s for s, v in sources.items() if v["genuine_pairs"] >= MIN_GENUINE_PAIRS]
+    scored = [s for s, v in sources.items() if v["genuine_pairs"] >= min_genuine_pairs]
 
     def weighted(by_source: dict) -> float:
         if not scored:
@@ -71,9 +86,16 @@ def reidentification(preset: Preset, anonymize: Anonymizer, train: Split, val: S
 
     fixed = {name: figures(pair_scores(features(anon_test), features(test.images), pairs))
              for name, features in BASELINES.items()}
+    registered = registration_scores(anon_test, test.images, pairs, grid=search or REGISTRATION_GRID)
+    fixed["registration"] = figures(registered)
+    fixed["ncc32-aligned"] = figures(aligned_scores(anon_test, test.images, test.sources, pairs))
     both_name, both = BOTH_ANONYMIZED
-    fixed[both_name] = figures(pair_scores(both(anon_test), both(anon_test), pairs))
+    attacker_side = anon_test if attacker_anonymize is None else attacker_anonymize(test.images)
+    fixed[both_name] = figures(pair_scores(both(anon_test), both(attacker_side), pairs))
     learned = []
+    if runs:
+        anon_train = replace(train, images=anonymize(train.images))
+        anon_val = replace(val, images=anonymize(val.images))
     for run in range(runs):
         model = train_metric_attacker(preset, anon_train, train, anon_val, val, seed + run)
         learned.append(figures(pair_scores(embed(model, anon_test), embed(model, test.images), pairs)))
