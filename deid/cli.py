@@ -434,15 +434,42 @@ def model_train(shared: Path, work: Path, preset: str, device: str, objective: s
 @click.option("--runs", default=3, show_default=True, help="Fresh learned attackers to train.")
 @click.option("--dp-block", default=4, show_default=True, help="DP-Pix cell side, in pixels at the preset size.")
 @click.option("--dp-epsilon", default=0.1, show_default=True)
+@click.option("--split", default="test", show_default=True, type=click.Choice(["test", "val"]),
+              help="val: a sweep on the validation split, fixed attackers only (with --runs 0).")
+@click.option("--classifier", "classifiers", multiple=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A utility classifier file (repeatable; the first gives the table's figure); default the "
+                   "real-image classifier in WORK.")
+@click.option("--min-genuine-pairs", type=int, help="Fewest genuine pairs of a source in the weighted column "
+                                                   "(default 40).")
 @click.argument("anonymizer")
 def model_evaluate(shared: Path, work: Path, preset: str, device: str, runs: int, dp_block: int, dp_epsilon: float,
-                   anonymizer: str) -> None:
-    """Measure ANONYMIZER (real, dp-pix, or a generator checkpoint) on the test split and print
-    the table of every evaluation in WORK."""
+                   split: str, classifiers: tuple[Path, ...], min_genuine_pairs: int | None, anonymizer: str) -> None:
+    """Measure ANONYMIZER (real, dp-pix, keyed:<magnitudes> such as keyed:r8-s0.08-t0.06-e0.04g4-i0.2g3,
+    or a generator checkpoint) and print the table of every evaluation in WORK."""
     commands = _train_module()
     commands.use_device(device)
-    click.echo(commands.evaluate(shared, work, preset, anonymizer, runs, dp_block, dp_epsilon))
+    try:
+        click.echo(commands.evaluate(shared, work, preset, anonymizer, runs, dp_block, dp_epsilon, split,
+                                     classifiers, min_genuine_pairs))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     click.echo(commands.report(work))
+
+
+@model.command("classifier")
+@_shared_option
+@click.option("--preset", default="cpu", show_default=True, type=click.Choice(["paper", "cpu", "toy"]))
+@_device_option
+@click.option("--augment", required=True, help="Largest random changes, e.g. r10-s0.1-t0.08-e0.04g4-i0.2g3.")
+@click.option("--epochs", default=16, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+def model_classifier(shared: Path, preset: str, device: str, augment: str, epochs: int, seed: int, out: Path) -> None:
+    """Train the utility classifier on real images with standard (unkeyed) augmentation; save it as OUT."""
+    commands = _train_module()
+    commands.use_device(device)
+    click.echo(commands.train_augmented_classifier(shared, out, preset, augment, epochs, seed))
 
 
 @model.command("report")

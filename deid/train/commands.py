@@ -131,14 +131,57 @@ def checkpoint_name(checkpoint: dict) -> str:
     return checkpoint.get("name") or generator_name(p, checkpoint["mu"], checkpoint.get("keep_last", False))
 
 
+#: The key under which an evaluation applies a keyed transform, and the attacker's own key.
+EVALUATION_KEY, ATTACKER_KEY = b"deid evaluation key", b"the attacker's own key"
+
+
+def load_classifier(path: Path, p: Preset):
+    """A classifier saved by :func:`real_classifier` or :func:`train_augmented_classifier`."""
+    classifier = loops.new_classifier(p)
+    classifier.load_state_dict(torch.load(path, weights_only=True, map_location=loops.device())["classifier"])
+    return classifier.eval()
+
+
+def train_augmented_classifier(shared: Path, out: Path, preset_name: str, augment: str, epochs: int,
+                               seed: int = 0) -> Path:
+    """Train the utility classifier on real images with standard augmentation (random changes up to
+    the magnitudes ``augment`` names, :meth:`Magnitudes.parse`; not keyed to any run) and save it
+    as ``out``."""
+    from deid.train.keyed import Magnitudes
+
+    p = preset(preset_name)
+    train_split, val, _ = _splits(shared, p)
+    started = time.monotonic()
+    classifier = loops.train_classifier(p, train_split, val, seed, augment=Magnitudes.parse(augment), epochs=epochs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"classifier": classifier.state_dict(), "augment": augment, "seed": seed,
+                "minutes": (time.monotonic() - started) / 60}, out)
+    return out
+
+
 def evaluate(shared: Path, work: Path, preset_name: str, anonymizer: str, runs: int,
-             dp_block: int = 4, dp_epsilon: float = 0.1) -> Path:
-    """Measure ``anonymizer`` (``real``, ``dp-pix`` or a generator checkpoint) with the protocol
-    of :mod:`deid.train.protocol`; write ``work/eval-<name>.json``."""
+             dp_block: int = 4, dp_epsilon: float = 0.1, split: str = "test",
+             classifiers: tuple[Path, ...] = (), min_genuine_pairs: int | None = None) -> Path:
+    """Measure ``anonymizer`` (``real``, ``dp-pix``, ``keyed:<magnitudes>`` or a generator
+    checkpoint) with the protocol of :mod:`deid.train.protocol`; write ``work/eval-<name>.json``.
+
+    ``split`` ``val`` scores the validation split with the fixed attackers only (``runs`` must be
+    0: the learned attackers stop on it), for sweeps that keep the test split unseen.
+    ``classifiers``: the utility classifiers (the first gives ``classification``, every one is
+    recorded under ``classifications``); default the real-image classifier of ``work``.
+    ``min_genuine_pairs``: the fewest genuine pairs of a source in the weighted column.
+    """
+    if split == "val" and runs:
+        raise ValueError("the validation split is scored by the fixed attackers only: --runs 0")
     p = preset(preset_name)
     train_split, val, test = _splits(shared, p)
-    classifier = real_classifier(work, p, train_split, val)
-    info: dict = {"anonymizer": anonymizer}
+    scored_split = val if split == "val" else test
+    if classifiers:
+        chosen = {str(path): load_classifier(path, p) for path in classifiers}
+    else:
+        chosen = {"real-image classifier": real_classifier(work, p, train_split, val)}
+    info: dict = {"anonymizer": anonymizer, "split": split}
+    attacker_anonymize, search = None, None
     if anonymizer == "real":
         name, anonymize = "real", (lambda images: images)
     elif anonymizer == "dp-pix":
@@ -150,6 +193,16 @@ def evaluate(shared: Path, work: Path, preset_name: str, anonymizer: str, runs: 
         def anonymize(images: np.ndarray) -> np.ndarray:
             rng = np.random.default_rng(len(images))
             return np.stack([dp_pix(im, dp_block, dp_epsilon, 1.0, rng) for im in images]).astype(np.float32)
+    elif anonymizer.startswith("keyed:"):
+        from deid.train.attacks import registration_grid
+        from deid.train.keyed import Magnitudes, keyed_anonymizer
+
+        magnitudes = Magnitudes.parse(anonymizer.removeprefix("keyed:"))
+        name = f"keyed-{magnitudes.label()}"
+        info.update(magnitudes=magnitudes.as_dict(), gflop=0.0)
+        anonymize = keyed_anonymizer(magnitudes, EVALUATION_KEY)
+        attacker_anonymize = keyed_anonymizer(magnitudes, ATTACKER_KEY)
+        search = registration_grid(magnitudes.rotation, magnitudes.scale, magnitudes.shift)
     else:
         deformation, checkpoint = load_generator(Path(anonymizer))
         gp = preset(checkpoint["preset"], checkpoint["light"])
@@ -164,11 +217,16 @@ def evaluate(shared: Path, work: Path, preset_name: str, anonymizer: str, runs: 
 
         def anonymize(images: np.ndarray) -> np.ndarray:
             return loops.anonymize(deformation, images)
+    extra = {} if min_genuine_pairs is None else {"min_genuine_pairs": min_genuine_pairs}
+    utilities = {label: utility(classifier, anonymize, scored_split) for label, classifier in chosen.items()}
     result = {
         "name": name, "preset": asdict(p), **info,
-        "reid": reidentification(p, anonymize, train_split, val, test, runs),
-        "classification": utility(classifier, anonymize, test),
+        "reid": reidentification(p, anonymize, train_split, val, scored_split, runs,
+                                 attacker_anonymize=attacker_anonymize, search=search, **extra),
+        "classification": next(iter(utilities.values())), "classifier": next(iter(utilities)),
+        "classifications": {label: u["auc_mean"] for label, u in utilities.items()},
     }
+    work.mkdir(parents=True, exist_ok=True)
     path = work / f"eval-{name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path

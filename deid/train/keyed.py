@@ -17,6 +17,7 @@ shift y, then the elastic grid (x then y, row-major), then the intensity grid.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -73,6 +74,30 @@ class Magnitudes:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def parse(cls, label: str) -> Magnitudes:
+        """The magnitudes that :meth:`label` names (its parts in any order, each optional).
+
+        Raises
+        ------
+        ValueError
+            If a part is not one of ``r<deg>``, ``s<f>``, ``t<f>``, ``e<f>g<n>``, ``i<f>g<n>``.
+        """
+        values: dict = {"rotation": 0.0, "scale": 0.0, "shift": 0.0}
+        for part in label.split("-"):
+            match = re.fullmatch(r"([rste])([0-9.]+)|([ei])([0-9.]+)g([0-9]+)", part)
+            if match is None:
+                raise ValueError(f"cannot read {part!r} of the transform {label!r} "
+                                 "(e.g. r8-s0.08-t0.06-e0.04g4-i0.2g3)")
+            if match.group(1):
+                key = {"r": "rotation", "s": "scale", "t": "shift", "e": "elastic"}[match.group(1)]
+                values[key] = float(match.group(2))
+            elif match.group(3) == "e":
+                values.update(elastic=float(match.group(4)), grid=int(match.group(5)))
+            else:
+                values.update(intensity=float(match.group(4)), intensity_grid=int(match.group(5)))
+        return cls(**values)
 
 
 class KeyedTransform(nn.Module):
