@@ -73,7 +73,7 @@ def test_registration_and_alignment_undo_a_random_affine_map_that_defeats_plain_
 
     split = synthetic_split(24, 2, True, seed=7, shared=0.5)
     pairs, genuine = split.all_within_source_pairs()
-    moved = keyed_anonymizer(Magnitudes(rotation=10, scale=0.08, shift=0.08), b"key")(split.images)
+    moved = keyed_anonymizer(Magnitudes(rotation=10, scale=0.08, shift=0.08), b"k" * 16)(split.images)
     plain = roc_auc(genuine, pair_scores(ncc_features(moved, 32), ncc_features(split.images, 32), pairs))
     registered = roc_auc(genuine, registration_scores(moved, split.images, pairs))
     aligned = roc_auc(genuine, aligned_scores(moved, split.images, split.sources, pairs))
@@ -157,12 +157,14 @@ def test_report_goes_between_the_cards_results_lines(tmp_path):
 
 def test_keyed_noise_follows_the_key_and_the_uid():
     from deid.pixels.deform import keyed_noise
+    from deid.pseudonyms import Pseudonymizer
 
-    first = keyed_noise(b"run key", "1.2.3.4", 40)
+    key, other = Pseudonymizer(b"run key " * 4), Pseudonymizer(b"another key " * 3)
+    first = keyed_noise(key, "1.2.3.4", 40)
     assert first.dtype == np.float32 and first.shape == (40,) and np.abs(first).max() <= 1.0
-    assert np.array_equal(first, keyed_noise(b"run key", "1.2.3.4", 40))
-    assert not np.allclose(first, keyed_noise(b"another key", "1.2.3.4", 40))
-    assert not np.allclose(first, keyed_noise(b"run key", "1.2.3.5", 40))
+    assert np.array_equal(first, keyed_noise(Pseudonymizer(b"run key " * 4), "1.2.3.4", 40))
+    assert not np.allclose(first, keyed_noise(other, "1.2.3.4", 40))
+    assert not np.allclose(first, keyed_noise(key, "1.2.3.5", 40))
 
 
 def test_keyed_transform_is_the_identity_at_zero_noise_and_rotates_in_physical_proportions():

@@ -9,7 +9,6 @@ This stage maps stored values to [0, 1] and back (:mod:`deid.pixels.derive`).
 from __future__ import annotations
 
 import hashlib
-import hmac
 import importlib.util
 import json
 import threading
@@ -21,6 +20,7 @@ import numpy as np
 
 from deid.pixels.derive import WholeImageStage
 from deid.pixels.eligibility import Eligibility, load_eligibility
+from deid.pseudonyms import Pseudonymizer
 from deid.shipped import default_model, model_privacy, privacy_summary
 from deid.stage import Instance
 
@@ -32,12 +32,16 @@ _SESSIONS: dict[tuple[str, str], tuple[Any, str]] = {}
 _LOCK = threading.Lock()
 
 
-def keyed_noise(key: bytes, uid: str, size: int) -> np.ndarray:
+#: The domain of the run key's digest that seeds a keyed transform's noise.
+NOISE_DOMAIN = "deform"
+
+
+def keyed_noise(pseudo: Pseudonymizer, uid: str, size: int) -> np.ndarray:
     """One image's transform noise: ``size`` values uniform in [-1, 1] (float32) from a numpy
-    generator seeded by HMAC-SHA256(``key``, ``uid``), so the same key and SOP Instance UID always
-    draw the same values and nobody without the key can draw them."""
-    digest = hmac.new(key, uid.encode(), hashlib.sha256).digest()
-    rng = np.random.Generator(np.random.PCG64(np.frombuffer(digest, dtype=np.uint32)))
+    generator seeded by the run key's HMAC-SHA256 of the SOP Instance UID ``uid``, so the same key
+    and object always draw the same values and nobody without the key can draw them."""
+    digest = pseudo.digest(NOISE_DOMAIN, uid)
+    rng = np.random.Generator(np.random.PCG64(int.from_bytes(digest, "big")))
     return rng.uniform(-1.0, 1.0, size).astype(np.float32)
 
 

@@ -160,13 +160,15 @@ def keyed_anonymizer(magnitudes: Magnitudes, key: bytes, names: dict[int, list[s
     ``"<length>/<index>"``, so that every split (they differ in length) is keyed apart.
     """
     from deid.pixels.deform import keyed_noise
+    from deid.pseudonyms import Pseudonymizer
 
     transform = KeyedTransform(magnitudes)
+    pseudo = Pseudonymizer(key)
 
     @torch.no_grad()
     def anonymize(images: np.ndarray) -> np.ndarray:
         ids = (names or {}).get(len(images)) or identifiers(str(len(images)), len(images))
-        noise = np.stack([keyed_noise(key, uid, magnitudes.noise_size) for uid in ids])
+        noise = np.stack([keyed_noise(pseudo, uid, magnitudes.noise_size) for uid in ids])
         out = []
         for b in range(0, len(images), 128):
             x = torch.from_numpy(np.ascontiguousarray(images[b:b + 128], np.float32)).unsqueeze(1)
