@@ -193,8 +193,8 @@ def registration_scores(anonymized: np.ndarray, real: np.ndarray, pairs: np.ndar
     best = torch.full((n, len(real)), -2.0)
     best_map = torch.zeros((n, len(real)), dtype=torch.int64)
     with torch.no_grad():
-        for index, parameters in enumerate(maps):
-            theta = _affine(torch.tensor([parameters], dtype=torch.float32)).expand(n, 2, 3)
+        for index, affine_map in enumerate(maps):
+            theta = _affine(torch.tensor([affine_map], dtype=torch.float32)).expand(n, 2, 3)
             sample = F.affine_grid(theta, list(small.shape), align_corners=True)
             moved = F.grid_sample(small, sample, mode="bilinear", padding_mode="border", align_corners=True)
             scores = _unit_torch(F.avg_pool2d(moved, 2)) @ real_vectors.T
@@ -205,26 +205,27 @@ def registration_scores(anonymized: np.ndarray, real: np.ndarray, pairs: np.ndar
     if not refine_steps or not len(pairs):
         return result.numpy().astype(np.float64)
     table = torch.tensor(maps, dtype=torch.float32)
-    target_size = [1, 1, size, size]
     for start in range(0, len(pairs), chunk):
         i, j = first[start:start + chunk], second[start:start + chunk]
         parameters = table[best_map[i, j]].clone().requires_grad_(True)
         optimiser = torch.optim.Adam([parameters], lr=0.01)
-        images, targets = small[i], real_vectors[j]
-
-        def correlation() -> torch.Tensor:
-            sample = F.affine_grid(_affine(parameters), [len(i), *target_size[1:]], align_corners=True)
-            moved = F.grid_sample(images, sample, mode="bilinear", padding_mode="border", align_corners=True)
-            return (_unit_torch(moved) * targets).sum(1)
-
         for _ in range(refine_steps):
-            loss = -correlation().sum()
+            loss = -_pair_correlation(small[i], real_vectors[j], parameters, size).sum()
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
         with torch.no_grad():
-            result[start:start + chunk] = torch.maximum(result[start:start + chunk], correlation())
+            refined = _pair_correlation(small[i], real_vectors[j], parameters, size)
+            result[start:start + chunk] = torch.maximum(result[start:start + chunk], refined)
     return result.numpy().astype(np.float64)
+
+
+def _pair_correlation(images: torch.Tensor, targets: torch.Tensor, parameters: torch.Tensor, size: int) -> torch.Tensor:
+    """Correlation of each image (n, 1, s, s) moved by its affine map, sampled at ``size`` px,
+    with its target unit vector."""
+    sample = F.affine_grid(_affine(parameters), [len(images), 1, size, size], align_corners=True)
+    moved = F.grid_sample(images, sample, mode="bilinear", padding_mode="border", align_corners=True)
+    return (_unit_torch(moved) * targets).sum(1)
 
 
 #: The fixed attacker that anonymizes its own image too.
