@@ -487,18 +487,22 @@ def model_report(work: Path, card: Path | None) -> None:
 
 
 @model.command("export")
-@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("checkpoint")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default="models/deform.onnx",
               show_default=True)
 @click.option("--evaluation", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="The checkpoint's eval-*.json; with --real, its measured privacy goes into the metadata.")
 @click.option("--real", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="eval-real.json of the same protocol.")
-def model_export(checkpoint: Path, out: Path, evaluation: Path | None, real: Path | None) -> None:
-    """Export CHECKPOINT as one ONNX graph for any image size, checked against torch."""
+def model_export(checkpoint: str, out: Path, evaluation: Path | None, real: Path | None) -> None:
+    """Export CHECKPOINT (a generator checkpoint, or keyed:<magnitudes> for the keyed random
+    transform) as one ONNX graph for any image size, checked against torch."""
     if (evaluation is None) != (real is None):
         raise click.UsageError("--evaluation and --real go together")
-    click.echo(_train_module().export_checkpoint(checkpoint, out, evaluation, real))
+    try:
+        click.echo(_train_module().export_checkpoint(checkpoint, out, evaluation, real))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 if __name__ == "__main__":

@@ -175,7 +175,7 @@ def _eligibility(config: RunConfig) -> Any:
 def _deform(config: RunConfig, context: BuildContext) -> Stage:
     from deid.pixels.deform import DeformStage
 
-    return DeformStage(Path(config.deform_model) if config.deform_model else None, _eligibility(config))
+    return DeformStage(Path(config.deform_model) if config.deform_model else None, _eligibility(config), context.pseudo)
 
 
 def _dp_pix(config: RunConfig, context: BuildContext) -> Stage:

@@ -4,6 +4,7 @@ full-resolution chest radiograph wrapped as CR with fake PHI."""
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -302,3 +303,32 @@ def test_dp_pix_pixelizes_with_laplace_noise_of_the_published_scale():
     assert np.median(np.abs(noisy[::8, ::8] - 0.5)) == pytest.approx(np.log(2) / 6.4, rel=0.02)
     assert np.array_equal(dp_pix(flat[:64, :64], 8, 0.1, 1.0, np.random.default_rng(5)),
                           dp_pix(flat[:64, :64], 8, 0.1, 1.0, np.random.default_rng(5)))
+
+
+@pytest.mark.train
+def test_a_keyed_transform_follows_the_run_key(inputs: Path, tmp_path: Path):
+    """A keyed random transform exported by ``deid model export keyed:...``: the same key gives the
+    same pixels, another key other pixels, and the graph matches torch at any size."""
+    pytest.importorskip("torch", reason="exporting a transform needs the train extra (torch)")
+    model = tmp_path / "keyed.onnx"
+    exported = CliRunner().invoke(main, ["model", "export", "keyed:r8-s0.08-t0.06-e0.04g4-i0.2g3", "--out", str(model)])
+    assert exported.exit_code == 0, exported.output
+    metadata = json.loads(model.with_suffix(".json").read_text())
+    assert metadata["keyed"] and max(metadata["parity"].values()) <= 1e-4 and "privacy" not in metadata
+
+    def release(key: bytes, name: str) -> dict[str, Dataset]:
+        (tmp_path / f"{name}.key").write_bytes(key)
+        result = CliRunner().invoke(main, ["run", str(inputs), str(tmp_path / name), "--key-file",
+                                           str(tmp_path / f"{name}.key"), "-j", "1", "--pixels", "deform",
+                                           "--deform-model", str(model)])
+        assert result.exit_code == 0, result.output
+        return outputs(tmp_path / name)
+
+    first, again, other = release(KEY, "first"), release(KEY, "again"), release(OTHER_KEY, "other")
+    original = dcmread(inputs / "pa12.dcm").pixel_array.astype(np.int32)
+    warped = first["pa12.dcm"].pixel_array.astype(np.int32)
+    assert np.abs(warped - original).mean() > 16  # a visible change of 12-bit values
+    assert np.array_equal(warped, again["pa12.dcm"].pixel_array)
+    assert not np.array_equal(warped, other["pa12.dcm"].pixel_array)
+    assert "keyed random deformation" in first["pa12.dcm"].DerivationDescription
+    assert np.array_equal(first["lateral.dcm"].pixel_array, dcmread(inputs / "lateral.dcm").pixel_array)

@@ -24,9 +24,10 @@ from deid.pseudonyms import Pseudonymizer
 from deid.shipped import default_model, model_privacy, privacy_summary
 from deid.stage import Instance
 
-INPUT, OUTPUT = "image", "warped"
-#: Keys the metadata file must hold.
+INPUT, NOISE, OUTPUT = "image", "noise", "warped"
+#: Keys the metadata file must hold: of a learned generator, and of a keyed random transform.
 METADATA_KEYS = ("name", "preset", "mu", "input_size", "sha256")
+KEYED_METADATA_KEYS = ("name", "magnitudes", "noise_size", "sha256")
 
 _SESSIONS: dict[tuple[str, str], tuple[Any, str]] = {}
 _LOCK = threading.Lock()
@@ -56,6 +57,17 @@ class ModelInfo:
     input_size: int
     sha256: str
     privacy: dict | None = None
+    #: A keyed random transform's magnitudes (None for a learned generator) and noise length.
+    magnitudes: dict | None = None
+    noise_size: int = 0
+
+    def settings(self) -> str:
+        """What the model does, in a few words."""
+        if self.magnitudes is not None:
+            m = self.magnitudes
+            return (f"keyed random transform: rotation {m['rotation']:g} deg, scale {m['scale']:g}, "
+                    f"shift {m['shift']:g}, elastic {m['elastic']:g}, intensity {m['intensity']:g}")
+        return f"mu={self.mu:g}"
 
 
 def load_model_info(path: Path) -> ModelInfo:
@@ -74,11 +86,15 @@ def load_model_info(path: Path) -> ModelInfo:
         info = json.loads(metadata.read_text())
     except (OSError, ValueError) as exc:
         raise ValueError(f"cannot read the deformation model's metadata {metadata}: {exc}") from None
-    missing = [key for key in METADATA_KEYS if key not in info]
+    keyed = info.get("keyed") is True
+    missing = [key for key in (KEYED_METADATA_KEYS if keyed else METADATA_KEYS) if key not in info]
     if missing:
         raise ValueError(f"deformation model metadata {metadata} lacks {', '.join(missing)}")
     if hashlib.sha256(path.read_bytes()).hexdigest() != info["sha256"]:
         raise ValueError(f"deformation model {path} does not match the sha256 in {metadata.name}")
+    if keyed:
+        return ModelInfo(path, str(info["name"]), "keyed", 0.0, 0, str(info["sha256"]), model_privacy(path),
+                         dict(info["magnitudes"]), int(info["noise_size"]))
     return ModelInfo(path, str(info["name"]), str(info["preset"]), float(info["mu"]), int(info["input_size"]),
                      str(info["sha256"]), model_privacy(path))
 
@@ -107,7 +123,11 @@ def session(model: ModelInfo) -> tuple[Any, str]:
 
 
 class DeformStage(WholeImageStage):
-    """Warp eligible radiographs with the learned deformation.
+    """Warp eligible radiographs with the learned deformation, or with a keyed random transform.
+
+    A keyed model's graph takes a second input, ``noise``, drawn per object from the run's key
+    and the object's (new) SOP Instance UID (:func:`keyed_noise`): the same key gives the same
+    pixels, and nobody without the key can replay the transform.
 
     Parameters
     ----------
@@ -115,6 +135,8 @@ class DeformStage(WholeImageStage):
         The ONNX model; default :func:`default_model`. Its metadata lies beside it (``.json``).
     eligibility
         Which objects are changed; default the shipped rules/pixel/deform.toml.
+    pseudo
+        The run's key; required by a keyed model.
 
     Raises
     ------
@@ -125,7 +147,8 @@ class DeformStage(WholeImageStage):
 
     name = "deform"
 
-    def __init__(self, model: Path | None = None, eligibility: Eligibility | None = None) -> None:
+    def __init__(self, model: Path | None = None, eligibility: Eligibility | None = None,
+                 pseudo: Pseudonymizer | None = None) -> None:
         if importlib.util.find_spec("onnxruntime") is None:
             raise ValueError(
                 "the deformation stage needs ONNX Runtime: pip install 'deid-dicom[cpu]' (or [gpu]), "
@@ -138,24 +161,37 @@ class DeformStage(WholeImageStage):
         except Exception as exc:  # noqa: BLE001 - any loader failure is a configuration error
             raise ValueError(f"cannot load deformation model {self.model.path}: {type(exc).__name__}") from None
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        if [i.name for i in inputs] != [INPUT] or [o.name for o in outputs] != [OUTPUT] or len(inputs[0].shape) != 4:
-            raise ValueError(f"deformation model {self.model.path} does not take {INPUT!r} [1, 1, H, W] to {OUTPUT!r}")
+        expected = [INPUT, NOISE] if self.model.magnitudes is not None else [INPUT]
+        if [i.name for i in inputs] != expected or [o.name for o in outputs] != [OUTPUT] or len(inputs[0].shape) != 4:
+            raise ValueError(f"deformation model {self.model.path} does not take {' and '.join(expected)} "
+                             f"to {OUTPUT!r}")
+        if self.model.magnitudes is not None:
+            if list(inputs[1].shape) != [1, self.model.noise_size]:
+                raise ValueError(f"deformation model {self.model.path} takes noise {inputs[1].shape}, "
+                                 f"not [1, {self.model.noise_size}] as its metadata says")
+            if pseudo is None:
+                raise ValueError("a keyed deformation model needs the run's key")
+        self.pseudo = pseudo
 
     def describe(self) -> str:
         return (
-            f"warp {self.eligibility.describe()} radiographs with the learned deformation "
-            f"{self.model.name} (mu={self.model.mu:g}, on {self.provider}; {privacy_summary(self.model.privacy)}); "
-            "re-encode losslessly"
+            f"warp {self.eligibility.describe()} radiographs with the deformation "
+            f"{self.model.name} ({self.model.settings()}, on {self.provider}; "
+            f"{privacy_summary(self.model.privacy)}); re-encode losslessly"
         )
 
     def transform(self, image: np.ndarray, item: Instance) -> np.ndarray:
-        return self.session.run([OUTPUT], {INPUT: image[np.newaxis, np.newaxis]})[0][0, 0]
+        feed = {INPUT: image[np.newaxis, np.newaxis]}
+        if self.pseudo is not None and self.model.magnitudes is not None:
+            feed[NOISE] = keyed_noise(self.pseudo, str(item.ds.SOPInstanceUID), self.model.noise_size)[np.newaxis]
+        return self.session.run([OUTPUT], feed)[0][0, 0]
 
     def derivation(self) -> str:
-        return f"deid: learned deformation ({self.model.name}, mu={self.model.mu:g})"
+        kind = "keyed random deformation" if self.model.magnitudes is not None else "learned deformation"
+        return f"deid: {kind} ({self.model.name}, {self.model.settings()})"
 
     def note(self) -> str:
         privacy = self.model.privacy
         measured = (f"re-ID AUC {privacy['reid_auc']:.3f} (real {privacy['real_reid_auc']:.3f})" if privacy
                     else "no measured privacy")
-        return f"deformation {self.model.name} mu={self.model.mu:g} {measured} on {self.provider}"
+        return f"deformation {self.model.name} {self.model.settings()} {measured} on {self.provider}"

@@ -356,33 +356,60 @@ def privacy_record(model: dict, real: dict) -> dict:
             "milestone": bool(milestone), "card": "models/deform.md"}
 
 
-def export_checkpoint(checkpoint: Path, out: Path, evaluation: Path | None = None, real: Path | None = None) -> Path:
-    """Export a generator checkpoint to ``out``; write its metadata (``.json``) and a copy of the
-    checkpoint (``.pt``, for parity checks and fine-tuning) beside it. With ``evaluation`` (its
-    ``eval-*.json``) and ``real`` (``eval-real.json``), the metadata's ``privacy`` holds
-    :func:`privacy_record`, which ``deid run`` reads to choose its default and to say what the
-    model was measured to do (the manifest, the dry run, DEIDENTIFICATION.md)."""
+def export_checkpoint(checkpoint: str, out: Path, evaluation: Path | None = None, real: Path | None = None) -> Path:
+    """Export a generator checkpoint, or a keyed transform (``keyed:<magnitudes>``), to ``out``;
+    write its metadata (``.json``) and, for a generator, a copy of the checkpoint (``.pt``, for
+    parity checks and fine-tuning) beside it. With ``evaluation`` (its ``eval-*.json``) and
+    ``real`` (``eval-real.json``), the metadata's ``privacy`` holds :func:`privacy_record`, which
+    ``deid run`` reads to choose its default and to say what the model was measured to do (the
+    manifest, the dry run, DEIDENTIFICATION.md).
+
+    Raises
+    ------
+    ValueError
+        If ``evaluation`` measured another model, or the checkpoint does not exist.
+    """
     from deid.train.export import OPSET, export
 
-    deformation, info = load_generator(checkpoint)
-    deformation = deformation.cpu()
-    p = preset(info["preset"], info["light"])
-    checks = export(deformation, out)
-    metadata = {
-        "name": checkpoint_name(info), "preset": p.name, "mu": info["mu"], "intensity": info.get("intensity", 0.0),
-        "input_size": p.generator_size,
-        "generator": {"features": p.generator[0], "levels": p.generator[1], "outputs": deformation.kernel.shape[0]},
-        "parameters": parameter_count(deformation.generator),
-        "gflop": round(generator_gflop(deformation.generator, p.generator_size), 4),
-        "opset": OPSET, "input": "image [1, 1, height, width] float32 in [0, 1], MONOCHROME2",
-        "output": "warped, same shape", **checks,
-    }
+    metadata: dict
+    if checkpoint.startswith("keyed:"):
+        from deid.pixels.deform import NOISE_DOMAIN
+        from deid.train.keyed import KeyedTransform, Magnitudes
+
+        magnitudes = Magnitudes.parse(checkpoint.removeprefix("keyed:"))
+        checks = export(KeyedTransform(magnitudes), out)
+        metadata = {
+            "name": f"keyed-{magnitudes.label()}", "keyed": True, "magnitudes": magnitudes.as_dict(),
+            "noise_size": magnitudes.noise_size,
+            "noise": f"uniform [-1, 1], numpy PCG64 seeded by the run key's HMAC-SHA256 of the SOP Instance UID "
+                     f"(domain {NOISE_DOMAIN!r})",
+            "gflop": 0.0, "opset": OPSET,
+            "input": "image [1, 1, height, width] float32 in [0, 1], MONOCHROME2; noise [1, noise_size] float32",
+            "output": "warped, same shape", **checks,
+        }
+    else:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise ValueError(f"no generator checkpoint {path}")
+        deformation, info = load_generator(path)
+        deformation = deformation.cpu()
+        p = preset(info["preset"], info["light"])
+        checks = export(deformation, out)
+        metadata = {
+            "name": checkpoint_name(info), "preset": p.name, "mu": info["mu"], "intensity": info.get("intensity", 0.0),
+            "input_size": p.generator_size,
+            "generator": {"features": p.generator[0], "levels": p.generator[1], "outputs": deformation.kernel.shape[0]},
+            "parameters": parameter_count(deformation.generator),
+            "gflop": round(generator_gflop(deformation.generator, p.generator_size), 4),
+            "opset": OPSET, "input": "image [1, 1, height, width] float32 in [0, 1], MONOCHROME2",
+            "output": "warped, same shape", **checks,
+        }
+        if path.resolve() != out.with_suffix(".pt").resolve():
+            out.with_suffix(".pt").write_bytes(path.read_bytes())
     if evaluation is not None and real is not None:
         measured = json.loads(evaluation.read_text())
         if measured["name"] != metadata["name"]:
             raise ValueError(f"{evaluation} measured {measured['name']}, not {metadata['name']}")
         metadata["privacy"] = privacy_record(measured, json.loads(real.read_text()))
     out.with_suffix(".json").write_text(json.dumps(metadata, indent=2) + "\n")
-    if checkpoint.resolve() != out.with_suffix(".pt").resolve():
-        out.with_suffix(".pt").write_bytes(checkpoint.read_bytes())
     return out

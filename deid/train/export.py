@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deid.train.keyed import KeyedTransform
 from deid.train.networks import Deformation
 
 OPSET = 20
@@ -22,8 +23,9 @@ CHECK_SIZES = ((256, 256), (1200, 1024), (2048, 2500))
 TOLERANCE = 1e-4
 
 
-def export(deformation: Deformation, path: Path) -> dict:
-    """Write ``deformation`` to ``path`` and check it.
+def export(deformation: Deformation | KeyedTransform, path: Path) -> dict:
+    """Write ``deformation`` to ``path`` and check it. A :class:`KeyedTransform` gets a second
+    input, ``noise`` [1, noise size]: the per-image values in [-1, 1] that the run's key draws.
 
     Returns
     -------
@@ -40,11 +42,20 @@ def export(deformation: Deformation, path: Path) -> dict:
 
     deformation = deformation.eval()
     example = torch.rand(1, 1, 300, 260, generator=torch.Generator().manual_seed(0))
-    program = torch.onnx.export(
-        deformation, (example,), input_names=["image"], output_names=["warped"],
-        dynamic_shapes={"x": {2: Dim("height", min=16, max=16384), 3: Dim("width", min=16, max=16384)}},
-        opset_version=OPSET, external_data=False,
-    )
+    size = {"height": Dim("height", min=16, max=16384), "width": Dim("width", min=16, max=16384)}
+    if isinstance(deformation, KeyedTransform):
+        noise = torch.zeros(1, deformation.magnitudes.noise_size)
+        program = torch.onnx.export(
+            deformation, (example, noise), input_names=["image", "noise"], output_names=["warped"],
+            dynamic_shapes={"image": {2: size["height"], 3: size["width"]}, "noise": None},
+            opset_version=OPSET, external_data=False,
+        )
+    else:
+        program = torch.onnx.export(
+            deformation, (example,), input_names=["image"], output_names=["warped"],
+            dynamic_shapes={"x": {2: size["height"], 3: size["width"]}},
+            opset_version=OPSET, external_data=False,
+        )
     if program is None:
         raise RuntimeError("torch.onnx.export returned no program")
     dims = [d.dim_param or d.dim_value for d in program.model_proto.graph.input[0].type.tensor_type.shape.dim]
@@ -55,8 +66,9 @@ def export(deformation: Deformation, path: Path) -> dict:
     return {"sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "parity": parity(deformation, path)}
 
 
-def parity(deformation: Deformation, path: Path) -> dict[str, float]:
-    """Largest absolute difference between ONNX Runtime and torch at :data:`CHECK_SIZES`."""
+def parity(deformation: Deformation | KeyedTransform, path: Path) -> dict[str, float]:
+    """Largest absolute difference between ONNX Runtime and torch at :data:`CHECK_SIZES` (a
+    keyed transform with random noise at each)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -64,9 +76,14 @@ def parity(deformation: Deformation, path: Path) -> dict[str, float]:
     rng = np.random.default_rng(0)
     for h, w in CHECK_SIZES:
         image = _radiograph_like(rng, h, w)
+        inputs = {"image": image}
         with torch.no_grad():
-            expected = deformation(torch.from_numpy(image)).numpy()
-        got = session.run(["warped"], {"image": image})[0]
+            if isinstance(deformation, KeyedTransform):
+                inputs["noise"] = rng.uniform(-1, 1, (1, deformation.magnitudes.noise_size)).astype(np.float32)
+                expected = deformation(torch.from_numpy(image), torch.from_numpy(inputs["noise"])).numpy()
+            else:
+                expected = deformation(torch.from_numpy(image)).numpy()
+        got = session.run(["warped"], inputs)[0]
         diff = float(np.abs(got - expected).max())
         if got.shape != image.shape or diff > TOLERANCE:
             raise RuntimeError(f"ONNX and torch differ at {h}x{w}: shape {got.shape}, max diff {diff:.2e}")
