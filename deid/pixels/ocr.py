@@ -45,6 +45,8 @@ def engine():
                     "Global.use_cls": False,
                     "EngineConfig.onnxruntime.intra_op_num_threads": 1,
                     "EngineConfig.onnxruntime.inter_op_num_threads": 1,
+                    # one line per recognition: a batch pads every line to the widest one's width
+                    "Rec.rec_batch_num": 1,
                 }
             )
         return _ENGINE
