@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
+from pydicom.encaps import encapsulate
+from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless
 from test_unread_values import encoded, private_block, sequence_bytes, with_overlay_bits
 
 from conftest import KEY, make_ct, write
 from deid.checks.values import hidden_values
 from deid.pipeline import RunConfig, run
+from deid.pixels.unused_bits import normalised
 from deid.verify import verify
 
 SYNTAXES = {"implicit-LE": ImplicitVRLittleEndian, "explicit-BE": ExplicitVRBigEndian}
@@ -64,6 +66,49 @@ def test_bits_above_high_bit_are_found(tmp_path: Path, syntax: str):
     (tmp_path / "out" / "b.dcm").write_bytes(encoded(ds, syntax))
     report = verify(tmp_path / "out", tmp_path / "in", checks=["pixel-bits"])
     assert [(g.kind, g.places) for g in report.leaks] == [("pixels", [("b.dcm", "pixels")])]
+
+
+def compressed(ds: Dataset, syntax: str, planted: bool) -> Dataset:
+    """``ds`` (from :func:`with_overlay_bits`) compressed losslessly by pydicom's encoders, every
+    16 bits of each sample kept (the overlay bit in ``planted``, else cleared first); its Bits
+    Stored stays 12."""
+    samples = np.frombuffer(ds.PixelData, "<u2").reshape(ds.Rows, ds.Columns)
+    if not planted:
+        samples = normalised(samples, 16, 12, 0, bool(ds.PixelRepresentation))
+    ds.BitsStored, ds.HighBit = 16, 15  # the encoders refuse samples wider than Bits Stored
+    ds.compress(COMPRESSED[syntax], samples.view("<i2") if ds.PixelRepresentation else samples,
+                generate_instance_uid=False)
+    ds.BitsStored, ds.HighBit = 12, 11
+    return ds
+
+
+COMPRESSED = {"RLE": RLELossless, "JPEG-LS": JPEGLSLossless, "JPEG2000": JPEG2000Lossless}
+
+
+@pytest.mark.parametrize("syntax", sorted(COMPRESSED))
+@pytest.mark.parametrize("signed", [False, True])
+def test_bits_above_high_bit_in_compressed_pixel_data_are_found(tmp_path: Path, syntax: str, signed: bool):
+    write(make_ct(), tmp_path / "in" / "a.dcm")
+    write(compressed(with_overlay_bits(signed)[0], syntax, planted=True), tmp_path / "out" / "b.dcm")
+    write(compressed(with_overlay_bits(signed)[0], syntax, planted=False), tmp_path / "out" / "c.dcm")
+    report = verify(tmp_path / "out", tmp_path / "in", checks=["pixel-bits"])
+    assert [(g.kind, g.places) for g in report.leaks] == [("pixels", [("b.dcm", "pixels")])]
+    assert report.checked["release images checked for bits above High Bit"] == 2
+    assert not [note for note in report.notes if "not checked" in note]
+
+
+def test_compressed_pixel_data_that_cannot_be_decoded_is_reported_not_checked(tmp_path: Path):
+    write(make_ct(), tmp_path / "in" / "a.dcm")
+    ds = compressed(with_overlay_bits(False)[0], "JPEG-LS", planted=True)
+    ds.PixelData = encapsulate([b"\xff\xd8 not a JPEG-LS stream"])
+    write(ds, tmp_path / "out" / "b.dcm")
+    report = verify(tmp_path / "out", tmp_path / "in", checks=["pixel-bits"])
+    assert report.leaks == []
+    assert report.checked["release images not checked for bits above High Bit (cannot be decoded)"] == 1
+    assert "release images checked for bits above High Bit" not in report.checked or (
+        report.checked["release images checked for bits above High Bit"] == 0
+    )
+    assert [note for note in report.notes if "not checked" in note and "JPEG-LS Lossless" in note]
 
 
 @pytest.mark.parametrize("profile", ["research", "basic"])

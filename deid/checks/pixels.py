@@ -1,7 +1,9 @@
 """``deid verify``: what the pixels of a release still show.
 
-* ``pixel-bits``: native samples with bits set outside Bits Stored / High Bit, where old-style
-  overlays (and their text) hide; a release made by ``deid run`` has none.
+* ``pixel-bits``: samples with bits set outside Bits Stored / High Bit, where old-style overlays
+  (and their text) hide; native pixel data is read as stored, compressed pixel data is decoded
+  with the run's decoders (:mod:`deid.pixels.codecs`), and an image this install cannot decode
+  is reported as not checked, with its transfer syntax and what would decode it.
 * ``pixel-text`` (``deid verify --ocr``): text that OCR, both reads of the text stage, still finds
   in the pixels of a release image and that the text stage's ``sensitive`` rule would not keep
   (a date, a time, a long number, an identifying value of the inputs, any word that is not a
@@ -13,7 +15,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from deid.pixels.unused_bits import unused_bits_set
+from pydicom.uid import UID
+
+from deid.pixels.unused_bits import decoded_unused_bits, unused_bits_set
 from deid.verify import Finding, Release, register_check
 
 #: A line counts as text when it holds two letters or digits (a masked box's edge reads as one dash).
@@ -22,25 +26,44 @@ _READABLE = re.compile(r"[^\W_].*[^\W_]")
 
 @register_check
 class PixelBitsCheck:
-    """Native pixel samples of the release with bits set above High Bit."""
+    """Pixel samples of the release with bits set above High Bit, native or decoded."""
 
     name = "pixel-bits"
 
     def describe(self) -> str:
-        return "native pixel samples with bits set outside Bits Stored / High Bit (old-style overlays)"
+        return (
+            "pixel samples (native, or compressed and decoded) with bits set outside Bits Stored / High Bit "
+            "(old-style overlays)"
+        )
 
     def __call__(self, release: Release) -> Iterable[Finding]:
-        images = 0
+        from deid.pixels.codecs import stored_samples
+        from deid.stage import Quarantined
+
+        images, not_checked = 0, dict[str, int]()
         for relative in release.output_files():
             ds = release.read_output(relative)
             if ds is None or "PixelData" not in ds:
                 continue
+            syntax = UID(str(ds.file_meta.get("TransferSyntaxUID", "") or ""))
+            try:
+                if not syntax.is_transfer_syntax:
+                    raise Quarantined("the transfer syntax is missing or unknown")
+                if syntax.is_encapsulated:
+                    samples = decoded_unused_bits(stored_samples(ds, "the check of bits above High Bit"), ds)
+                else:
+                    samples = unused_bits_set(ds)
+            except Quarantined as exc:
+                not_checked[str(exc)] = not_checked.get(str(exc), 0) + 1
+                continue
             images += 1
-            samples = unused_bits_set(ds)
             if samples:
                 yield Finding(self.name, "pixels", "PixelData bits above High Bit", relative, "pixels",
                               f"{samples} samples", release.origins.get(relative, ""))
         release.count("release images checked for bits above High Bit", images)
+        for reason, count in sorted(not_checked.items()):
+            release.count("release images not checked for bits above High Bit (cannot be decoded)", count)
+            release.notes.append(f"{count} release image(s) not checked for bits above High Bit: {reason}")
 
 
 @register_check

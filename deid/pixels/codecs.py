@@ -130,3 +130,24 @@ def pixel_array(ds: Dataset, purpose: str) -> np.ndarray:
         return ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - cannot look at the pixels: fail closed
         raise Quarantined(undecodable_reason(ds, exc, purpose)) from None
+
+
+def stored_samples(ds: Dataset, purpose: str) -> np.ndarray:
+    """The decoded pixel data of ``ds`` as stored: no colour conversion, and bits outside Bits
+    Stored kept (pydicom clears them by default for every syntax but JPEG-LS and JPEG 2000).
+
+    Raises
+    ------
+    Quarantined
+        If it cannot be decoded; the reason names the transfer syntax and what would decode it.
+    """
+    configure_decoders()
+    from pydicom.pixels.decoders.base import get_decoder
+
+    try:
+        decoder = get_decoder(ds.file_meta.TransferSyntaxUID)
+        values, _ = decoder.as_array(ds, raw=True, correct_unused_bits=False)  # type: ignore[arg-type]  # pydicom types **kwargs as the options dict
+    except Exception as exc:  # noqa: BLE001 - cannot look at the pixels: the caller says so
+        raise Quarantined(undecodable_reason(ds, exc, purpose)) from None
+    return values
+

@@ -4,9 +4,10 @@ Old-style overlays (Overlay Bits Position non-zero) draw their bitmap, text incl
 unused high bits of each sample; removing group 60xx leaves that bitmap in the pixels. The
 header stage removes every overlay, so it also clears these bits: zero for unsigned samples,
 the sign extension of the stored value for signed ones (the form readers that ignore Bits
-Stored expect). Encapsulated pixel data is not examined: decoding every compressed image would
-cost a header-only run more than the header itself, and old-style overlays were defined for
-native pixel data.
+Stored expect). The header stage does not examine encapsulated pixel data: decoding every
+compressed image would cost a header-only run more than the header itself, and old-style
+overlays were defined for native pixel data. ``deid verify`` counts such bits in both
+(:func:`unused_bits_set`, :func:`decoded_unused_bits`).
 """
 
 from __future__ import annotations
@@ -135,3 +136,31 @@ def unused_bits_set(ds: Dataset) -> int:
         return 0
     values, _, layout = found
     return int((normalised(values, *layout) != values).sum())
+
+
+def decoded_unused_bits(values, ds: Dataset) -> int:
+    """How many samples of decoded pixel data carry bits outside the stored range of ``ds``.
+
+    Parameters
+    ----------
+    values
+        The samples as decoded, bits outside Bits Stored kept
+        (:func:`deid.pixels.codecs.stored_samples`), signed or unsigned.
+    ds
+        The dataset whose Bits Allocated, Bits Stored, High Bit and Pixel Representation
+        describe them.
+
+    Returns
+    -------
+    int
+        The number of such samples; 0 when every allocated bit is stored.
+    """
+    import numpy as np
+
+    layout = _layout(ds)
+    if layout is None or values.dtype.kind not in "ui":
+        return 0
+    allocated = layout[0]
+    unsigned = (values.astype(np.int64) & ((1 << allocated) - 1)).astype(f"u{allocated // 8}")
+    return int((normalised(unsigned, *layout) != unsigned).sum())
+
