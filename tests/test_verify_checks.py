@@ -166,6 +166,21 @@ def test_ocr_finds_nothing_in_what_the_text_stage_cleaned(tmp_path: Path):
     assert report.checked["release pictures read by OCR"] == 1
 
 
+@pytest.mark.ocr
+@pytest.mark.corpus
+def test_ocr_reads_no_line_over_the_whole_of_a_small_noisy_image(tmp_path: Path, shared: Path):
+    """A 256x256 MR of the corpus (midib) whose speckle the detector, enlarging it, took whole for
+    a line ("Q9" over x=0 y=0 w=256 h=256)."""
+    pytest.importorskip("onnxruntime", reason="OCR needs ONNX Runtime (the cpu extra)")
+    source = shared / "corpus" / "midib" / "original" / "1-25.dcm"
+    write(make_ct(), tmp_path / "in" / "a.dcm")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "b.dcm").write_bytes(source.read_bytes())
+    report = verify(tmp_path / "out", tmp_path / "in", checks=["pixel-text"])
+    assert report.leaks == [], [(g.value, g.sources) for g in report.leaks]
+    assert report.checked["release pictures read by OCR"] == 1
+
+
 def test_verify_prints_no_warning_that_quotes_a_value(tmp_path: Path):
     """pydicom warns about invalid values by quoting them; verify must not pass them on."""
     ds = make_ct()
