@@ -56,7 +56,7 @@ def engine():
 
 
 def read_text(picture: np.ndarray) -> list[TextLine]:
-    """Find text lines in an RGB uint8 picture.
+    """Find text lines in a uint8 picture, grey (rows, columns) or RGB.
 
     The picture is read at a long side of :data:`READ_SIDE` pixels; boxes are mapped back
     to full resolution and padded by :data:`PAD` pixels. A box more than :data:`MAX_BLOB_SHARE`

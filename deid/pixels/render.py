@@ -15,8 +15,8 @@ def frames_of(array: np.ndarray, ds: Dataset) -> np.ndarray:
 
 
 def to_display(frame: np.ndarray, ds: Dataset, limits: tuple[float, float] | None = None) -> np.ndarray:
-    """An RGB uint8 picture of one frame, as a viewer would show it (VOI LUT, palette,
-    MONOCHROME1 inverted), for text detection.
+    """A uint8 picture of one frame, as a viewer would show it (VOI LUT, palette, MONOCHROME1
+    inverted), for text detection: (rows, columns) for a grey frame, RGB for colour.
 
     ``limits``: the values that become black and white (after the VOI LUT); default the frame's
     own (:func:`display_limits`).
@@ -28,8 +28,7 @@ def to_display(frame: np.ndarray, ds: Dataset, limits: tuple[float, float] | Non
     gray = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
     if str(ds.PhotometricInterpretation) == "MONOCHROME1":
         gray = 255.0 - gray
-    gray = np.clip(gray, 0, 255).astype(np.uint8)
-    return np.repeat(gray[..., np.newaxis], 3, axis=2)
+    return np.clip(gray, 0, 255).astype(np.uint8)
 
 
 def display_limits(frame: np.ndarray, ds: Dataset) -> tuple[float, float]:
@@ -82,9 +81,10 @@ def thumbnail(frame: np.ndarray, ds: Dataset, limits: tuple[float, float] | None
     import cv2
 
     picture = to_display(shrink(frame, ds, side), ds, limits)
-    grey = bool((picture[..., 0] == picture[..., 1]).all() and (picture[..., 1] == picture[..., 2]).all())
+    if picture.ndim == 3 and (picture[..., 0] == picture[..., 1]).all() and (picture[..., 1] == picture[..., 2]).all():
+        picture = picture[..., 0]
     ok, encoded = cv2.imencode(
-        ".png", picture[..., 0] if grey else cv2.cvtColor(picture, cv2.COLOR_RGB2BGR),
+        ".png", picture if picture.ndim == 2 else cv2.cvtColor(picture, cv2.COLOR_RGB2BGR),
         [cv2.IMWRITE_PNG_COMPRESSION, 3],
     )
     if not ok:

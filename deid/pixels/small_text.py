@@ -41,14 +41,15 @@ _DETECTOR = threading.Lock()
 
 
 def marks(picture: np.ndarray, covered: list[Box]) -> list[Box]:
-    """Full-resolution boxes of small text-like marks in an RGB uint8 picture that no ``covered``
-    box holds, found on the first read's copy."""
+    """Full-resolution boxes of small text-like marks in a uint8 picture (grey or RGB) that no
+    ``covered`` box holds, found on the first read's copy."""
     import cv2
 
     rows, columns = picture.shape[:2]
     scale = READ_SIDE / max(rows, columns)
     small = cv2.resize(picture, (round(columns * scale), round(rows * scale)), interpolation=cv2.INTER_AREA)
-    small = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
+    if small.ndim == 3:
+        small = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (STROKE, STROKE))
     strokes = np.maximum(
         cv2.morphologyEx(small, cv2.MORPH_TOPHAT, kernel), cv2.morphologyEx(small, cv2.MORPH_BLACKHAT, kernel)
@@ -118,8 +119,8 @@ def _mosaic(picture: np.ndarray, chosen: list[Box]) -> tuple[np.ndarray, list[tu
         left += box[2] + _GAP
         shelf = max(shelf, box[3])
     crops = [picture[y : y + h, x : x + w] for x, y, w, h in chosen]
-    background = np.median(np.concatenate([crop.reshape(-1, crop.shape[-1]) for crop in crops]), axis=0)
-    mosaic = np.empty((top + shelf + _GAP, width + 2 * _GAP, picture.shape[2]), np.uint8)
+    background = np.median(np.concatenate([crop.reshape(-1, *picture.shape[2:]) for crop in crops]), axis=0)
+    mosaic = np.empty((top + shelf + _GAP, width + 2 * _GAP, *picture.shape[2:]), np.uint8)
     mosaic[:] = background.astype(np.uint8)  # no edges of its own around the windows
     for (x, y, w, h), left, top in placed:
         mosaic[top : top + h, left : left + w] = picture[y : y + h, x : x + w]
@@ -127,7 +128,7 @@ def _mosaic(picture: np.ndarray, chosen: list[Box]) -> tuple[np.ndarray, list[tu
 
 
 def read_small_text(picture: np.ndarray, first: list[TextLine]) -> list[TextLine]:
-    """Text lines too small for the first read of ``picture`` (an RGB uint8 image), in
+    """Text lines too small for the first read of ``picture`` (a uint8 image, grey or RGB), in
     full-resolution coordinates, padded by :data:`~deid.pixels.ocr.PAD` pixels."""
     import cv2
 
