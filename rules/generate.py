@@ -289,6 +289,22 @@ _NAME_WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)?")
 _CAMEL_WORD = re.compile(r"[A-Z][a-z]+|[A-Z]+(?![a-z])")
 
 
+#: Faker's lists of given names (``first_names_female``, ``first_romanized_names``, ``middle_names``,
+#: ``first_name_pairs`` ...) and of family names (``last_names``, ``male_last_names``, ``last_name_pairs`` ...).
+_GIVEN_LIST = re.compile(r"(?:first|middle)_\w*names?(?:_|$)")
+_FAMILY_LIST = re.compile(r"(?:^|_)last_\w*names?(?:_|$)")
+
+
+def _strings(value: Any) -> list[str]:
+    """The strings in a list of names, a dict of names and weights, or a list of tuples (a name in
+    several scripts)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (tuple, list, dict, set, frozenset)):
+        return [s for item in value for s in _strings(item)]
+    return []
+
+
 def names_lexicon() -> dict[str, Any]:
     """Given and family names of every locale of Faker's person provider, and the medical words
     (the words of pydicom's coded-concept keywords such as ``HodgkinLymphoma`` and of its data
@@ -310,13 +326,9 @@ def names_lexicon() -> dict[str, Any]:
     for module in pkgutil.iter_modules(faker.providers.person.__path__):
         provider = importlib.import_module(f"faker.providers.person.{module.name}").Provider
         for attribute in dir(provider):
-            into = family if "last_names" in attribute else None
-            into = given if "first_names" in attribute or "middle_names" in attribute else into
-            values = getattr(provider, attribute)
-            if into is None or not isinstance(values, (tuple, list, dict, set, frozenset)):
-                continue
-            for value in values:
-                if isinstance(value, str):
+            into = family if _FAMILY_LIST.search(attribute) else given if _GIVEN_LIST.match(attribute) else None
+            if into is not None:
+                for value in _strings(getattr(provider, attribute)):
                     into.update(w.casefold() for w in _NAME_WORD.findall(value) if len(w) > 1 and w[0].isupper())
     keywords = [k for scheme in CONCEPTS.values() for k in scheme] + [e[4] for e in DicomDictionary.values()]
     medical = {w.casefold() for k in keywords for w in _CAMEL_WORD.findall(k) if len(w) > 1}
