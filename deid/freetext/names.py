@@ -41,8 +41,10 @@ _NEXT_WORD = re.compile(r"(?:['’]s?)?[\s\-]*([^\W\d_]+)")
 _CYRILLIC = re.compile(r"[а-яё]", re.IGNORECASE)
 #: Endings that Russian declension changes (a name's stem is what is left without them).
 _CYRILLIC_ENDINGS = "аеёиоуыэюяйь"
-#: Letters a declined Cyrillic name may add to its stem (``Кузнецов|ой``).
+#: Letters a declined Cyrillic name may add to its stem (``Кузнецов|ой``), and the fewest letters
+#: of a stem (shorter ones would match short words of any kind).
 MAX_DECLENSION = 2
+MIN_STEM = 3
 #: Fewest letters of a family name that the lexicon does not know ("Max Ip" is a projection).
 MIN_UNKNOWN = 3
 #: Characters before a name searched for a cue or an eponym's phrase (longer than any of them).
@@ -64,8 +66,10 @@ class Lexicon:
     joint: re.Pattern[str]  # what may stand between two words of one name: spaces, particles
 
 
-def _stem(name: str) -> str:
-    return name.rstrip(_CYRILLIC_ENDINGS) if _CYRILLIC.search(name) else name
+def _stems(names: list[str]) -> list[str]:
+    """Stems of the Cyrillic ``names`` that keep :data:`MIN_STEM` letters."""
+    stems = (n.rstrip(_CYRILLIC_ENDINGS) for n in names if _CYRILLIC.search(n))
+    return [s for s in stems if len(s) >= MIN_STEM]
 
 
 def _ends_with(pattern: re.Pattern[str], text: str, end: int) -> int | None:
@@ -96,8 +100,8 @@ def lexicon() -> Lexicon:
     return Lexicon(
         given=frozenset(given),
         family=frozenset(family),
-        given_stems=frozenset(_stem(n) for n in given if _CYRILLIC.search(n)),
-        family_stems=frozenset(_stem(n) for n in family if _CYRILLIC.search(n)),
+        given_stems=frozenset(_stems(given)),
+        family_stems=frozenset(_stems(family)),
         medical=frozenset(words["medical"]),
         cue=_suffix(cues),
         eponym_before=_suffix(rules["eponym"]["before"]),
@@ -108,8 +112,7 @@ def lexicon() -> Lexicon:
 
 def _known(word: str, names: frozenset[str], stems: frozenset[str]) -> bool:
     folded = word.casefold()
-    parts = folded.split("-")
-    if folded in names or all(p in names for p in parts):
+    if all(part in names for part in folded.split("-")):
         return True
     if not stems or not _CYRILLIC.search(folded):
         return False
