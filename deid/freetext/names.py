@@ -211,9 +211,10 @@ def _pair(first: _Token, second: _Token, lex: Lexicon, cued: bool) -> bool:
         return False
     given = _known(first.text, lex.given, lex.given_stems)
     family = _known(second.text, lex.family, lex.family_stems)
-    if first.caps:
-        return given and family and not _is_medical(first, lex) and not _is_medical(second, lex)
-    if given and (family or (len(second.text) >= MIN_UNKNOWN and not _is_medical(second, lex))):
+    unknown = len(second.text) >= MIN_UNKNOWN and not _is_medical(second, lex)
+    if first.caps:  # "COPY TO SARAH COLLINS"; after a cue, "CALLED TO JOHN MCALLISTER"
+        return given and not _is_medical(first, lex) and (family and not _is_medical(second, lex) or cued and unknown)
+    if given and (family or unknown):
         return True
     return cued and not _is_medical(first, lex) and not _is_medical(second, lex)
 
@@ -224,7 +225,8 @@ def _names_in(text: str, run: list[_Token], lex: Lexicon) -> list[tuple[int, int
     cued = _cued(text, run, lex)
     i = 0
     while i < len(run):
-        if i + 1 < len(run) and _pair(run[i], run[i + 1], lex, cued and i == 0):
+        cued_here = cued if i == 0 else run[i].caps and _ends_with(lex.cue, text, run[i].start) is not None
+        if i + 1 < len(run) and _pair(run[i], run[i + 1], lex, cued_here):
             k = i + 2
             while k < len(run) and _any_name(run[k], lex) and not _is_medical(run[k], lex):
                 k += 1
@@ -238,8 +240,8 @@ def _names_in(text: str, run: list[_Token], lex: Lexicon) -> list[tuple[int, int
 
 
 def _cued(text: str, run: list[_Token], lex: Lexicon) -> bool:
-    """Whether a cue ("discussed with", "cc" ...) comes right before ``run`` written capitalised."""
-    return not run[0].caps and _ends_with(lex.cue, text, run[0].start) is not None
+    """Whether a cue ("discussed with", "cc" ...) comes right before ``run``."""
+    return _ends_with(lex.cue, text, run[0].start) is not None
 
 
 _REVERSED = re.compile(
