@@ -13,8 +13,9 @@ after which a capitalised word is a name ("cc", "besprochen mit", "transmis à" 
 
 A pair of capitalised words (``Given Family``) is a name when the first is a given name and the
 second a family name, or a word of three letters or more that is not medical; ``Family, Given``
-when both are known and neither is medical; a pair in capitals (``JOHN MCALLISTER``) likewise.
-After a cue, one known name or a pair of capitalised non-medical words is enough. A name goes on
+when both are known and neither is medical; a pair in capitals (``SARAH COLLINS``) likewise.
+After a cue, one known name or a pair of capitalised non-medical words is enough, and in capitals
+a given name before an unknown non-medical word (``CALLED TO JOHN MCALLISTER``). A name goes on
 over further given or family names and over particles (``Lotte van Dijk``). A capitalised word
 alone, without a cue, is no name: eponyms are.
 """
