@@ -17,7 +17,7 @@ from collections.abc import Iterable
 
 from pydicom.uid import UID
 
-from deid.pixels.unused_bits import decoded_unused_bits, unused_bits_set
+from deid.pixels.unused_bits import decoded_unused_bits, may_have_unused_bits, unused_bits_set
 from deid.verify import Finding, Release, register_check
 
 #: A line counts as text when it holds two letters or digits (a masked box's edge reads as one dash).
@@ -37,7 +37,7 @@ class PixelBitsCheck:
         )
 
     def __call__(self, release: Release) -> Iterable[Finding]:
-        from deid.pixels.codecs import stored_samples
+        from deid.pixels.codecs import stored_frames
         from deid.stage import Quarantined
 
         images, not_checked = 0, dict[str, int]()
@@ -50,7 +50,8 @@ class PixelBitsCheck:
                 if not syntax.is_transfer_syntax:
                     raise Quarantined("the transfer syntax is missing or unknown")
                 if syntax.is_encapsulated:
-                    samples = decoded_unused_bits(stored_samples(ds, "the check of bits above High Bit"), ds)
+                    frames = stored_frames(ds, "the check of bits above High Bit") if may_have_unused_bits(ds) else ()
+                    samples = sum(decoded_unused_bits(frame, ds) for frame in frames)
                 else:
                     samples = unused_bits_set(ds)
             except Quarantined as exc:

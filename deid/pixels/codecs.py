@@ -11,6 +11,7 @@ other decode. 12-bit JPEG Extended has one decoder, pylibjpeg-libjpeg (GPLv3): t
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -132,22 +133,22 @@ def pixel_array(ds: Dataset, purpose: str) -> np.ndarray:
         raise Quarantined(undecodable_reason(ds, exc, purpose)) from None
 
 
-def stored_samples(ds: Dataset, purpose: str) -> np.ndarray:
-    """The decoded pixel data of ``ds`` as stored: no colour conversion, and bits outside Bits
-    Stored kept (pydicom clears them by default for every syntax but JPEG-LS and JPEG 2000).
+def stored_frames(ds: Dataset, purpose: str) -> Iterator[np.ndarray]:
+    """The decoded frames of ``ds`` one by one, as stored: no colour conversion, and bits
+    outside Bits Stored kept (pydicom clears them by default for every syntax but JPEG-LS and
+    JPEG 2000).
 
     Raises
     ------
     Quarantined
-        If it cannot be decoded; the reason names the transfer syntax and what would decode it.
+        If a frame cannot be decoded; the reason names the transfer syntax and what would decode it.
     """
     configure_decoders()
     from pydicom.pixels.decoders.base import get_decoder
 
     try:
         decoder = get_decoder(ds.file_meta.TransferSyntaxUID)
-        values, _ = decoder.as_array(ds, raw=True, correct_unused_bits=False)  # type: ignore[arg-type]  # pydicom types **kwargs as the options dict
+        for frame, _ in decoder.iter_array(ds, raw=True, correct_unused_bits=False):
+            yield frame
     except Exception as exc:  # noqa: BLE001 - cannot look at the pixels: the caller says so
         raise Quarantined(undecodable_reason(ds, exc, purpose)) from None
-    return values
-

@@ -138,6 +138,11 @@ def unused_bits_set(ds: Dataset) -> int:
     return int((normalised(values, *layout) != values).sum())
 
 
+def may_have_unused_bits(ds: Dataset) -> bool:
+    """Whether the pixel description of ``ds`` leaves bits of a sample outside Bits Stored."""
+    return _layout(ds) is not None
+
+
 def decoded_unused_bits(values, ds: Dataset) -> int:
     """How many samples of decoded pixel data carry bits outside the stored range of ``ds``.
 
@@ -145,7 +150,7 @@ def decoded_unused_bits(values, ds: Dataset) -> int:
     ----------
     values
         The samples as decoded, bits outside Bits Stored kept
-        (:func:`deid.pixels.codecs.stored_samples`), signed or unsigned.
+        (a frame of :func:`deid.pixels.codecs.stored_frames`), signed or unsigned.
     ds
         The dataset whose Bits Allocated, Bits Stored, High Bit and Pixel Representation
         describe them.
