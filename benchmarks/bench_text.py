@@ -2,7 +2,8 @@
 
 Usage::
 
-    python benchmarks/bench_text.py [--images 5] [--frames 60] [--record benchmarks/RESULTS.md]
+    python benchmarks/bench_text.py [--images 5] [--frames 60] [--baseline SRC [--rounds 4]]
+        [--record benchmarks/RESULTS.md]
 
 Each object goes through the text stage alone (in one process, one ONNX Runtime thread), after
 one warm-up; the table gives seconds per object (wall, and CPU time of every thread of the
@@ -10,12 +11,22 @@ process: what one core would spend), the share spent in OCR, and the time the wo
 on the review page's two pictures (:func:`deid.review.preview_of`). The radiographs carry a
 48-pixel line and four small ones (glyphs of 8-9 pixels); each is timed twice in turn, with the
 first read alone and with the second read of small text, so that both figures see the same load.
+
+``--baseline SRC`` compares the whole stage (both reads) of another source tree of deid (an
+earlier commit, e.g. from ``git archive``, with ``deid/_rules`` and ``deid/_models`` linked to its
+``rules/`` and ``models/``) with this checkout's, side by side: each tree runs in a fresh process
+(``PYTHONPATH``) on the same radiographs, the trees alternate for ``--rounds`` rounds, and each
+round gives the median CPU seconds per radiograph of both and their ratio.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -124,12 +135,56 @@ def measure_pairs(make, count: int, settings: tuple[bool, ...]) -> dict[bool, tu
     }
 
 
+def stage_cpu(count: int) -> float:
+    """Median CPU seconds of the text stage (both reads) per radiograph, after one warm-up, in the
+    deid this process imports."""
+    stage, times = text.TextStage(), []
+    for i in range(count + 1):
+        item = Instance(radiograph(i))
+        cpu = time.process_time()
+        stage(item)
+        if i:
+            times.append(time.process_time() - cpu)
+    return statistics.median(times)
+
+
+def side_by_side(baseline: Path, count: int, rounds: int) -> str:
+    """The table of :func:`stage_cpu` for ``baseline`` and this checkout, the trees alternating."""
+    here = Path(__file__).resolve().parent.parent
+    lines = [
+        f"| round | before (tree {baseline.name}), CPU s | after (this checkout), CPU s | after/before |",
+        "|---|---|---|---|",
+    ]
+    for round_number in range(1, rounds + 1):
+        figures = []
+        for tree in (baseline.resolve(), here):
+            child = subprocess.run(
+                [sys.executable, __file__, "--stage-cpu", str(count)], cwd=tree, check=True, capture_output=True,
+                text=True, env={**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"},
+            )
+            figures.append(json.loads(child.stdout.splitlines()[-1]))
+        lines.append(f"| {round_number} | {figures[0]:.3f} | {figures[1]:.3f} | {figures[1] / figures[0]:.2f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=5)
     parser.add_argument("--frames", type=int, default=60)
+    parser.add_argument("--baseline", type=Path, help="another source tree of deid to compare the stage with")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--stage-cpu", type=int, help=argparse.SUPPRESS)  # a child of --baseline
     parser.add_argument("--record", type=Path)
     args = parser.parse_args()
+    if args.stage_cpu:
+        print(json.dumps(stage_cpu(args.stage_cpu)))
+        return
+    if args.baseline:
+        table = side_by_side(args.baseline, args.images, args.rounds)
+        print(table)
+        if args.record:
+            record.append(args.record, "Burned-in text stage, before and after", table, "one ONNX Runtime thread")
+        return
     pairs = measure_pairs(radiograph, args.images, (False, True))
     (before, before_cpu, before_share, _), (after, after_cpu, after_share, single_pictures) = pairs[False], pairs[True]
     cine, _, cine_share, cine_pictures = measure(lambda _: clip(args.frames), 2)
