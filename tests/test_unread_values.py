@@ -13,18 +13,27 @@ from pydicom import dcmread
 from pydicom.datadict import DicomDictionary, mask_match
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_sequence
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    RLELossless,
+)
 
 from conftest import KEY, make_ct
 from deid.header.engine import HeaderEngine
 from deid.header.profiles import load_profile
 from deid.header.stage import HeaderStage
-from deid.pixels.unused_bits import unused_bits_set
+from deid.pixels.codecs import stored_frames
+from deid.pixels.unused_bits import decoded_unused_bits, normalised, unused_bits_set
 from deid.pseudonyms import Pseudonymizer
-from deid.stage import Instance
+from deid.stage import Instance, Quarantined
 
 SYNTAXES = {
     "implicit-LE": ImplicitVRLittleEndian,
@@ -258,6 +267,60 @@ def test_overlay_bits_in_pixel_data_are_cleared(syntax: str, signed: bool, profi
     assert 0x60000102 not in out
     assert unused_bits_set(out) == 0
     assert np.array_equal(out.pixel_array.astype(np.int64), values)  # the image itself unchanged
+
+
+def compressed(ds: Dataset, syntax: str, planted: bool) -> Dataset:
+    """``ds`` (from :func:`with_overlay_bits`) compressed losslessly by pydicom's encoders, every
+    16 bits of each sample kept (the overlay bit in ``planted``, else cleared first); its Bits
+    Stored stays 12."""
+    samples = np.frombuffer(ds.PixelData, "<u2").reshape(ds.Rows, ds.Columns)
+    if not planted:
+        samples = normalised(samples, 16, 12, 0, bool(ds.PixelRepresentation))
+    ds.BitsStored, ds.HighBit = 16, 15  # the encoders refuse samples wider than Bits Stored
+    ds.compress(COMPRESSED[syntax], samples.view("<i2") if ds.PixelRepresentation else samples,
+                generate_instance_uid=False)
+    ds.BitsStored, ds.HighBit = 12, 11
+    return ds
+
+
+COMPRESSED = {"RLE": RLELossless, "JPEG-LS": JPEGLSLossless, "JPEG2000": JPEG2000Lossless}
+
+
+
+def saved(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("syntax", sorted(COMPRESSED))
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("profile", ["basic", "research"])
+def test_overlay_bits_in_compressed_pixel_data_are_cleared(syntax: str, signed: bool, profile: str):
+    ds, values = with_overlay_bits(signed)
+    data = saved(compressed(ds, syntax, planted=True))
+    before = dcmread(io.BytesIO(data))
+    assert sum(decoded_unused_bits(frame, before) for frame in stored_frames(before, "test")) > 0
+    out = dcmread(io.BytesIO(deidentified(data, profile)))
+    assert 0x60000102 not in out
+    assert out.file_meta.TransferSyntaxUID == COMPRESSED[syntax]  # written back losslessly in its own syntax
+    assert sum(decoded_unused_bits(frame, out) for frame in stored_frames(out, "test")) == 0
+    assert np.array_equal(out.pixel_array.astype(np.int64), values)  # the image itself unchanged
+
+
+def test_compressed_pixel_data_without_a_declared_overlay_is_not_decoded():
+    ds, _ = with_overlay_bits(False)
+    for element in [e for e in ds if e.tag.group == 0x6000]:
+        del ds[element.tag]
+    data = saved(compressed(ds, "RLE", planted=True))
+    assert dcmread(io.BytesIO(deidentified(data, "basic"))).PixelData == dcmread(io.BytesIO(data)).PixelData
+
+
+def test_compressed_pixel_data_with_a_declared_overlay_that_cannot_be_decoded_is_quarantined():
+    ds = compressed(with_overlay_bits(False)[0], "JPEG-LS", planted=True)
+    ds.PixelData = encapsulate([b"\xff\xd8 not a JPEG-LS stream"])
+    with pytest.raises(Quarantined, match="JPEG-LS Lossless"):
+        deidentified(saved(ds), "basic")
 
 
 def test_pixel_data_without_unused_bits_is_kept_byte_for_byte():

@@ -12,13 +12,12 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless
-from test_unread_values import encoded, private_block, sequence_bytes, with_overlay_bits
+from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
+from test_unread_values import COMPRESSED, compressed, encoded, private_block, sequence_bytes, with_overlay_bits
 
 from conftest import KEY, make_ct, write
 from deid.checks.values import hidden_values
 from deid.pipeline import RunConfig, run
-from deid.pixels.unused_bits import normalised
 from deid.verify import verify
 
 SYNTAXES = {"implicit-LE": ImplicitVRLittleEndian, "explicit-BE": ExplicitVRBigEndian}
@@ -68,23 +67,6 @@ def test_bits_above_high_bit_are_found(tmp_path: Path, syntax: str):
     assert [(g.kind, g.places) for g in report.leaks] == [("pixels", [("b.dcm", "pixels")])]
 
 
-def compressed(ds: Dataset, syntax: str, planted: bool) -> Dataset:
-    """``ds`` (from :func:`with_overlay_bits`) compressed losslessly by pydicom's encoders, every
-    16 bits of each sample kept (the overlay bit in ``planted``, else cleared first); its Bits
-    Stored stays 12."""
-    samples = np.frombuffer(ds.PixelData, "<u2").reshape(ds.Rows, ds.Columns)
-    if not planted:
-        samples = normalised(samples, 16, 12, 0, bool(ds.PixelRepresentation))
-    ds.BitsStored, ds.HighBit = 16, 15  # the encoders refuse samples wider than Bits Stored
-    ds.compress(COMPRESSED[syntax], samples.view("<i2") if ds.PixelRepresentation else samples,
-                generate_instance_uid=False)
-    ds.BitsStored, ds.HighBit = 12, 11
-    return ds
-
-
-COMPRESSED = {"RLE": RLELossless, "JPEG-LS": JPEGLSLossless, "JPEG2000": JPEG2000Lossless}
-
-
 @pytest.mark.parametrize("syntax", sorted(COMPRESSED))
 @pytest.mark.parametrize("signed", [False, True])
 def test_bits_above_high_bit_in_compressed_pixel_data_are_found(tmp_path: Path, syntax: str, signed: bool):
@@ -128,11 +110,14 @@ def test_deid_run_output_passes_the_unread_value_and_bit_checks(tmp_path: Path, 
         uid = f"1.2.826.0.1.3680043.8.498.9{ord(name)}"
         overlay.SOPInstanceUID = overlay.file_meta.MediaStorageSOPInstanceUID = uid
         (tmp_path / "in" / f"{name}.dcm").write_bytes(encoded(overlay, syntax))
+    overlay = compressed(with_overlay_bits(True)[0], "JPEG-LS", planted=True)
+    overlay.SOPInstanceUID = overlay.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.9100"
+    write(overlay, tmp_path / "in" / "d.dcm")
     summary = run(RunConfig(str(site), (), KEY, header_only=True), tmp_path / "in", tmp_path / "out", jobs=1)
-    assert summary.counts["written"] == 3
+    assert summary.counts["written"] == 4
     report = verify(tmp_path / "out", tmp_path / "in", checks=["hidden-values", "pixel-bits", "header-values"])
     assert report.leaks == [], [(g.kind, g.places) for g in report.leaks]
-    assert report.checked["release images checked for bits above High Bit"] == 3
+    assert report.checked["release images checked for bits above High Bit"] == 4
 
 
 def _text_image() -> Dataset:

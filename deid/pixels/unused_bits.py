@@ -4,19 +4,23 @@ Old-style overlays (Overlay Bits Position non-zero) draw their bitmap, text incl
 unused high bits of each sample; removing group 60xx leaves that bitmap in the pixels. The
 header stage removes every overlay, so it also clears these bits: zero for unsigned samples,
 the sign extension of the stored value for signed ones (the form readers that ignore Bits
-Stored expect). The header stage does not examine encapsulated pixel data: decoding every
-compressed image would cost a header-only run more than the header itself, and old-style
-overlays were defined for native pixel data. ``deid verify`` counts such bits in both
-(:func:`unused_bits_set`, :func:`decoded_unused_bits`).
+Stored expect). Compressed pixel data is decoded, cleared and re-encoded losslessly only when
+the object declares an old-style overlay (:func:`declares_overlay_in_pixels`): decoding every
+compressed image would cost a header-only run more than the header itself. ``deid verify``
+counts such bits in both (:func:`unused_bits_set`, :func:`decoded_unused_bits`).
 """
 
 from __future__ import annotations
 
 import io
 import struct
+from typing import TYPE_CHECKING
 
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+
+if TYPE_CHECKING:
+    from deid.pixels.encode import Encoding
 
 #: Bits Allocated, Bits Stored, High Bit, Pixel Representation (all US).
 _LAYOUT_TAGS = (0x00280100, 0x00280101, 0x00280102, 0x00280103)
@@ -136,6 +140,50 @@ def unused_bits_set(ds: Dataset) -> int:
         return 0
     values, _, layout = found
     return int((normalised(values, *layout) != values).sum())
+
+
+def declares_overlay_in_pixels(ds: Dataset) -> bool:
+    """Whether ``ds`` declares an old-style overlay: an overlay group (60xx) whose Overlay Bit
+    Position is not 0 and which has no Overlay Data of its own."""
+    return any(
+        _us(ds, group << 16 | 0x0102) and (group << 16 | 0x3000) not in ds for group in range(0x6000, 0x6020, 2)
+    )
+
+
+def clear_compressed_unused_bits(ds: Dataset) -> Encoding | None:
+    """Clear the bits outside the stored range of compressed grey pixel data: decode every frame,
+    clear, and write back losslessly (:func:`deid.pixels.encode.write_pixels`).
+
+    Returns
+    -------
+    deid.pixels.encode.Encoding or None
+        How the pixels were written back, or ``None`` when no sample carried such a bit (the
+        pixel data is then untouched).
+
+    Raises
+    ------
+    deid.stage.Quarantined
+        If the pixel data cannot be decoded (the reason names the transfer syntax).
+    """
+    import numpy as np
+
+    from deid.pixels.codecs import stored_frames
+    from deid.pixels.encode import write_pixels
+
+    layout = _layout(ds)
+    if layout is None or int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        return None
+    frames = list(stored_frames(ds, "clearing an old-style overlay"))
+    if not any(decoded_unused_bits(frame, ds) for frame in frames):
+        return None
+    allocated, signed = layout[0], layout[3]
+    kind = f"{'i' if signed else 'u'}{allocated // 8}"
+    cleaned = np.stack([
+        normalised((frame.astype(np.int64) & ((1 << allocated) - 1)).astype(f"u{allocated // 8}"), *layout).view(kind)
+        for frame in frames
+    ])
+    source = ds.file_meta.TransferSyntaxUID
+    return write_pixels(ds, cleaned if int(ds.get("NumberOfFrames", 1) or 1) > 1 else cleaned[0], source)
 
 
 def may_have_unused_bits(ds: Dataset) -> bool:
