@@ -281,7 +281,7 @@ def report(work: Path) -> str:
                      + " | ".join(_mean_std(r["reid"]["attackers"][a]["weighted"]) if a in r["reid"]["attackers"]
                                   else "not run" for a in attackers) + " |")
     real = next((r for r in rows if r["name"] == "real"), None)
-    if real is not None:
+    if real is not None and "learned" in real["reid"]["attackers"]:
         per = real["reid"]["attackers"]
         lines += ["", "| real images, per source | best fixed attacker | its AUC | learned attacker |",
                   "|---|---|---|---|"]
