@@ -120,26 +120,42 @@ def test_export_keeps_height_and_width_symbolic_and_matches_torch(tmp_path):
 
 
 def test_shipped_model_is_symbolic_and_matches_its_checkpoint():
+    """The shipped graph against torch: a learned generator against its checkpoint (models/deform.pt),
+    a keyed random transform against :class:`KeyedTransform` with its metadata's magnitudes."""
     ort = pytest.importorskip("onnxruntime")
+    import json
+
     import onnx
 
     from deid.pixels.deform import default_model
     from deid.train.commands import load_generator
     from deid.train.export import _radiograph_like
+    from deid.train.keyed import KeyedTransform, Magnitudes
 
     model = default_model()
-    if not model.with_suffix(".pt").is_file():
+    metadata = json.loads(model.with_suffix(".json").read_text())
+    keyed = metadata.get("keyed") is True
+    if not keyed and not model.with_suffix(".pt").is_file():
         pytest.skip("models/deform.pt not found: `deid model export` writes it beside the ONNX graph")
     dims = [d.dim_param or d.dim_value for d in onnx.load(str(model)).graph.input[0].type.tensor_type.shape.dim]
     assert dims == [1, 1, "height", "width"]
-    deformation, _ = load_generator(model.with_suffix(".pt"))
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(1)
+    if keyed:
+        transform = KeyedTransform(Magnitudes(**metadata["magnitudes"]))
+    else:
+        deformation, _ = load_generator(model.with_suffix(".pt"))
     for h, w in ((256, 256), (1200, 1024), (2500, 2048)):
         image = _radiograph_like(rng, h, w)
-        got = session.run(["warped"], {"image": image})[0]
-        with torch.no_grad():
-            expected = deformation(torch.from_numpy(image)).numpy()
+        if keyed:
+            noise = rng.uniform(-1, 1, (1, metadata["noise_size"])).astype(np.float32)
+            got = session.run(["warped"], {"image": image, "noise": noise})[0]
+            with torch.no_grad():
+                expected = transform(torch.from_numpy(image), torch.from_numpy(noise)).numpy()
+        else:
+            got = session.run(["warped"], {"image": image})[0]
+            with torch.no_grad():
+                expected = deformation(torch.from_numpy(image)).numpy()
         assert got.shape == image.shape
         assert np.abs(got - expected).max() <= 1e-4
-        assert np.abs(got - image).max() > 1e-3  # the trained warp does move pixels
+        assert np.abs(got - image).max() > 1e-3  # the transform does move pixels
