@@ -1,4 +1,4 @@
-"""Throughput of the learned deformation stage on 2048x2500 chest radiographs.
+"""Throughput of the deformation stage (a learned generator or a keyed random transform) on 2048x2500 chest radiographs.
 
 Usage::
 
@@ -9,6 +9,7 @@ when present, turned to 2048 rows x 2500 columns; a synthetic one otherwise). Th
 after one warm-up: first in this process (one ONNX Runtime thread, as in ``deid run``), giving the
 seconds per object and the share spent in the ONNX graph; then in two worker processes at once, as
 ``deid run -j 2`` does on two cores, giving images per second. The device is ONNX Runtime's provider.
+A keyed model draws its noise from a fixed benchmark key, as ``deid run`` does from the run's key.
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian
 
 import record
 from deid.pixels.deform import DeformStage
+from deid.pseudonyms import Pseudonymizer
 from deid.stage import Instance
 
 SHARED_IMAGE = "cxr/fullres/covid__covid-19-pneumonia-35-1.jpg"
+KEY = Pseudonymizer(b"deid benchmark key, not secret")
 
 
 def pixels() -> tuple[np.ndarray, str]:
@@ -55,7 +58,7 @@ def radiograph(stored: np.ndarray, i: int) -> Dataset:
 
 def measure(model: Path | None, count: int) -> tuple[float, float, str]:
     """Median seconds per object, the median share in the ONNX graph, and the provider."""
-    stage = DeformStage(model)
+    stage = DeformStage(model, pseudo=KEY)
     stored, _ = pixels()
     run, spent = stage.session.run, []
 
@@ -95,9 +98,9 @@ def main() -> None:
         list(pool.map(_worker, [args.model] * 2, [args.images] * 2))
         wall = time.perf_counter() - start
     parallel = 2 * (args.images + 1) / wall  # every object, warm-ups included, over the wall time
-    stage = DeformStage(args.model)
+    stage = DeformStage(args.model, pseudo=KEY)
     lines = [
-        f"model {stage.model.name} (mu={stage.model.mu:g}, generator input {stage.model.input_size} px); "
+        f"model {stage.model.name} ({stage.model.settings()}); "
         f"{pixels()[1]} 2048x2500, 12-bit; provider {provider}",
         "",
         "| run | s per radiograph | images/s | ONNX share | |",
