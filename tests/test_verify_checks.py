@@ -151,6 +151,28 @@ def test_ocr_finds_nothing_in_what_the_text_stage_cleaned(tmp_path: Path):
     assert report.checked["release pictures read by OCR"] == 1
 
 
+def textured_body(side: int = 256, seed: int = 1) -> np.ndarray:
+    """A small picture of noisy anatomy (speckle within an ellipse) that the detector, which
+    enlarges small pictures, takes whole for one line of text."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:side, 0:side]
+    body = ((x - side / 2) / (side * 0.4)) ** 2 + ((y - side / 2) / (side * 0.3)) ** 2 < 1
+    return np.where(body, rng.integers(40, 220, (side, side)), rng.integers(0, 20, (side, side))).astype(np.uint8)
+
+
+@pytest.mark.ocr
+def test_ocr_counts_a_textured_area_over_a_small_picture_apart_from_text(tmp_path: Path):
+    pytest.importorskip("onnxruntime", reason="OCR needs ONNX Runtime (the cpu extra)")
+    write(make_ct(), tmp_path / "in" / "a.dcm")
+    ds = _text_image()
+    ds.Rows = ds.Columns = 256
+    ds.set_pixel_data(textured_body(), photometric_interpretation="MONOCHROME2", bits_stored=8)
+    write(ds, tmp_path / "out" / "b.dcm")
+    report = verify(tmp_path / "out", tmp_path / "in", checks=["pixel-text"])
+    assert report.leaks == []
+    assert report.checked["OCR 'lines' over most of a picture (a textured area) not counted as text"] == 1
+
+
 @pytest.mark.ocr
 @pytest.mark.corpus
 def test_ocr_reads_no_line_over_the_whole_of_a_small_noisy_image(tmp_path: Path, shared: Path):

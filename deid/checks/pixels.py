@@ -7,7 +7,10 @@
 * ``pixel-text`` (``deid verify --ocr``): text that OCR, both reads of the text stage, still finds
   in the pixels of a release image and that the text stage's ``sensitive`` rule would not keep
   (a date, a time, a long number, an identifying value of the inputs, any word that is not a
-  marker or a measurement); lines of fewer than two letters or digits are not counted.
+  marker or a measurement); lines of fewer than two letters or digits are not counted, nor a
+  "line" over most of a picture (:data:`MAX_LINE_SHARE`): the detector, which enlarges a small
+  picture, takes a large textured area (noisy anatomy) for one, and the recogniser reads a glyph
+  or two in it. The text stage masks such an area all the same (fail closed); verify counts them.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from deid.verify import Finding, Release, register_check
 
 #: A line counts as text when it holds two letters or digits (a masked box's edge reads as one dash).
 _READABLE = re.compile(r"[^\W_].*[^\W_]")
+#: A "line" more than this share of the picture both high and wide is a textured area, not text.
+MAX_LINE_SHARE = 0.5
 
 
 @register_check
@@ -104,11 +109,21 @@ class PixelTextCheck:
                 pictures += 1
                 first = read_text(picture)
                 for line in first + read_small_text(picture, first):
+                    if _spans_picture(line.box, picture.shape[:2]):
+                        release.count("OCR 'lines' over most of a picture (a textured area) not counted as text")
+                        continue
                     if _READABLE.search(line.text) and not line_is_safe(line.text, identifying):
                         x, y, width, height = line.box
                         yield Finding(self.name, "text", f"pixels at x={x} y={y} w={width} h={height}",
                                       relative, "pixels", line.text, release.origins.get(relative, ""))
         release.count("release pictures read by OCR", pictures)
+
+
+def _spans_picture(box: tuple[int, int, int, int], shape: tuple[int, ...]) -> bool:
+    """Whether ``box`` covers more than :data:`MAX_LINE_SHARE` of a picture of ``shape`` (rows,
+    columns) both high and wide."""
+    _, _, width, height = box
+    return width > MAX_LINE_SHARE * shape[1] and height > MAX_LINE_SHARE * shape[0]
 
 
 def _pattern(release: Release) -> re.Pattern[str] | None:

@@ -18,9 +18,6 @@ READ_SIDE = 1024
 MIN_SCORE = 0.5
 #: Boxes grow by this many full-resolution pixels on every side.
 PAD = 4
-#: A "line" more than this share of the picture both high and wide is no line of text: the
-#: detector, which enlarges a small picture, takes a large textured area (noisy anatomy) for one.
-MAX_BLOB_SHARE = 0.5
 
 _ENGINE = None
 _LOCK = threading.Lock()
@@ -59,8 +56,7 @@ def read_text(picture: np.ndarray) -> list[TextLine]:
     """Find text lines in a uint8 picture, grey (rows, columns) or RGB.
 
     The picture is read at a long side of :data:`READ_SIDE` pixels; boxes are mapped back
-    to full resolution and padded by :data:`PAD` pixels. A box more than :data:`MAX_BLOB_SHARE`
-    of the picture both high and wide is no line and is left out.
+    to full resolution and padded by :data:`PAD` pixels.
     """
     import cv2
 
@@ -73,8 +69,6 @@ def read_text(picture: np.ndarray) -> list[TextLine]:
     )
     lines = []
     for xs, ys, text, score in accepted(engine()(small), scale):
-        if np.ptp(xs) > MAX_BLOB_SHARE * columns and np.ptp(ys) > MAX_BLOB_SHARE * rows:
-            continue
         x0, y0 = max(0, int(xs.min()) - PAD), max(0, int(ys.min()) - PAD)
         x1, y1 = min(columns, int(np.ceil(xs.max())) + PAD), min(rows, int(np.ceil(ys.max())) + PAD)
         lines.append(TextLine((x0, y0, x1 - x0, y1 - y0), text, score))
