@@ -58,7 +58,11 @@ def test_killed_local_worker_loses_nothing(local_inputs, tmp_path: Path):
     killer = KillsItsWorker(task, todo[50], once=tmp_path / "killed")
     assert _outcomes(run_local(killer, todo, 2)) == reference
     assert (tmp_path / "killed").exists()
-    assert tree_digest(tmp_path / "out") == tree_digest(tmp_path / "ref")
+    # loky ends the other worker too, perhaps mid-write: its half file stays in the staging
+    # folder, which every run clears, and never reaches the release.
+    released = {path: digest for path, digest in tree_digest(tmp_path / "out").items()
+                if not path.startswith(f"{STAGING}/")}
+    assert released == tree_digest(tmp_path / "ref")
 
 
 @pytest.mark.slow
