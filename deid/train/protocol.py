@@ -3,7 +3,8 @@
 Privacy: each anonymized test image is linked to the real test images of its source (only
 within-source pairs are scored: a cross-source pair is an impostor any attacker spots from the
 source's look). The attackers are the fixed similarities of :mod:`deid.train.attacks` and
-``runs`` fresh learned metric attackers trained on the anonymizer's output of the train split.
+``runs`` fresh learned attackers (:mod:`deid.train.fusion`) trained on the anonymizer's output of
+the train split.
 An anonymizer's figure is the **maximum over attackers**: for each run, the highest AUC of any
 attacker (the fixed ones and that run's learned one), per source and pooled; the weighted
 column averages the sources with at least :data:`MIN_GENUINE_PAIRS` genuine test pairs by their
@@ -27,12 +28,11 @@ from deid.train.attacks import (
     BOTH_ANONYMIZED,
     REGISTRATION_GRID,
     aligned_scores,
-    embed,
     pair_scores,
     registration_scores,
-    train_metric_attacker,
 )
 from deid.train.data import LABELS, Split
+from deid.train.fusion import train_fusion_attacker
 from deid.train.loops import class_probabilities
 from deid.train.metrics import roc_auc
 from deid.train.networks import Classifier
@@ -97,8 +97,8 @@ def reidentification(preset: Preset, anonymize: Anonymizer, train: Split, val: S
         anon_train = replace(train, images=anonymize(train.images))
         anon_val = replace(val, images=anonymize(val.images))
     for run in range(runs):
-        model = train_metric_attacker(preset, anon_train, train, anon_val, val, seed + run)
-        learned.append(figures(pair_scores(embed(model, anon_test), embed(model, test.images), pairs)))
+        attacker = train_fusion_attacker(preset, anon_train, train, anon_val, val, seed + run)
+        learned.append(figures(attacker.scores(anon_test, test.images, test.sources, pairs)))
         log.info("attacker", run=run, weighted=round(learned[-1]["weighted"], 4))
     maxima: list[dict[str, Any]] = [
         {"pooled": float(np.nanmax([f["pooled"] for f in [*fixed.values(), run]])),

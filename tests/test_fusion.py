@@ -1,0 +1,66 @@
+"""The learned (fusion) attacker learns a link that every fixed attacker misses."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch", reason="the train extra (torch) is not installed")
+
+pytestmark = pytest.mark.train
+
+from deid.train.data import Split  # noqa: E402
+from deid.train.fusion import train_fusion_attacker  # noqa: E402
+from deid.train.metrics import roc_auc  # noqa: E402
+from deid.train.presets import preset  # noqa: E402
+from deid.train.protocol import reidentification  # noqa: E402
+
+TOY = dataclasses.replace(preset("cpu"), size=64, batch=8, attacker_size=16, attacker_epochs=1)
+
+
+def typical_split(patients: int, per_patient: int, seed: int, sources: int = 2) -> Split:
+    """64-px images that mix their source's common pattern, by a weight drawn per image between 0
+    and 0.95, with their patient's pattern and their own noise: an image near its source's common
+    look correlates with every image of the source, so a raw similarity ranks its impostors above
+    the genuine pairs of less typical images; only a similarity read against the reference set
+    (how typical each image is) separates them."""
+    commons = np.random.default_rng(0).random((sources, 8, 8))
+    rng = np.random.default_rng(seed)
+    images, ids, names = [], [], []
+    for p in range(patients):
+        base = rng.random((8, 8))
+        for _ in range(per_patient):
+            weight = rng.uniform(0.0, 0.95)
+            pattern = weight * commons[p % sources] + (1 - weight) * (0.5 * base + 0.5 * rng.random((8, 8)))
+            image = np.kron(pattern, np.ones((8, 8))) + 0.02 * rng.standard_normal((64, 64))
+            images.append(np.clip(image, 0, 1))
+            ids.append(f"p{seed}-{p}")
+            names.append(f"s{p % sources}")
+    n = len(images)
+    return Split(np.array(images, np.float32), np.array(ids), np.array(names), np.zeros((n, 3), np.float32),
+                 np.ones((n, 3), np.float32))
+
+
+def test_the_learned_attacker_links_what_every_fixed_attacker_misses():
+    train, val, test = typical_split(40, 3, 1), typical_split(12, 3, 2), typical_split(20, 3, 3)
+    reid = reidentification(TOY, lambda images: images, train, val, test, runs=1)
+    fixed = {name: a for name, a in reid["attackers"].items() if name != "learned"}
+    for source, learned in reid["attackers"]["learned"]["by_source"].items():
+        best_fixed = max(a["by_source"][source][0] for a in fixed.values())
+        assert best_fixed < 0.8 and learned[0] >= best_fixed + 0.1, (source, learned, best_fixed)
+
+
+def test_the_learned_attacker_adapts_to_its_anonymizer():
+    """Trained on an anonymizer that inverts the grey levels, the attacker links the inverted
+    images to the real ones; trained on real images, it does not."""
+    train, val, test = typical_split(40, 3, 1), typical_split(12, 3, 2), typical_split(20, 3, 3)
+    invert = [dataclasses.replace(s, images=1 - s.images) for s in (train, val, test)]
+    pairs, genuine = test.all_within_source_pairs()
+
+    def auc(attacker) -> float:
+        return roc_auc(genuine, attacker.scores(invert[2].images, test.images, test.sources, pairs))
+
+    assert auc(train_fusion_attacker(TOY, invert[0], train, invert[1], val, seed=0)) > 0.8
+    assert auc(train_fusion_attacker(TOY, train, train, val, val, seed=0)) < 0.6
