@@ -10,7 +10,8 @@ dot product of its two vectors (a cosine similarity). The fixed ones need no tra
 * ``ncc32-both``: ``ncc32`` after the attacker has run the (public) anonymizer on its own real
   image too, so that both sides of a pair went through it.
 
-The learned attacker (:func:`train_metric_attacker`) is a learned metric that starts as ``ncc32``
+The learned attacker is :mod:`deid.train.fusion`; one of its channels is the metric of
+:func:`train_metric_attacker`, which starts as ``ncc32``
 (:class:`MetricEmbedding`), trained with a symmetric InfoNCE loss on genuine pairs of the train
 split (first image anonymized, second real, the linkage the test scores), in batches of one source,
 and stopped on the validation split's AUC. :func:`ncc_torch` is
