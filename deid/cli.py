@@ -442,16 +442,19 @@ def model_train(shared: Path, work: Path, preset: str, device: str, objective: s
                    "real-image classifier in WORK.")
 @click.option("--min-genuine-pairs", type=int, help="Fewest genuine pairs of a source in the weighted column "
                                                    "(default 40).")
+@click.option("--keys", default=1, show_default=True,
+              help="Evaluation keys a keyed transform is measured under; mean ± std then cover them too.")
 @click.argument("anonymizer")
 def model_evaluate(shared: Path, work: Path, preset: str, device: str, runs: int, dp_block: int, dp_epsilon: float,
-                   split: str, classifiers: tuple[Path, ...], min_genuine_pairs: int | None, anonymizer: str) -> None:
+                   split: str, classifiers: tuple[Path, ...], min_genuine_pairs: int | None, keys: int,
+                   anonymizer: str) -> None:
     """Measure ANONYMIZER (real, dp-pix, keyed:<magnitudes> such as keyed:r8-s0.08-t0.06-e0.04g4-i0.2g3,
     or a generator checkpoint) and print the table of every evaluation in WORK."""
     commands = _train_module()
     commands.use_device(device)
     try:
         click.echo(commands.evaluate(shared, work, preset, anonymizer, runs, dp_block, dp_epsilon, split,
-                                     classifiers, min_genuine_pairs))
+                                     classifiers, min_genuine_pairs, keys))
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(commands.report(work))

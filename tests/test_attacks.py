@@ -181,3 +181,27 @@ def test_keyed_transform_is_the_identity_at_zero_noise_and_rotates_in_physical_p
     noise[0, 0] = 1.0
     turned = KeyedTransform(Magnitudes(rotation=90, scale=0, shift=0))(bar, noise)
     assert turned[0, 0, 10:31, 30].min() > 0.99 and turned[0, 0, 20, 20:41].sum() < 1.5
+
+
+def test_a_keyed_transform_is_measured_under_several_keys(tmp_path):
+    """``deid model evaluate --keys 2``: every attacker's list and the maximum hold one value per
+    key, and the keys give different images (so different figures); --keys is for keyed transforms only."""
+    from click.testing import CliRunner
+    from test_train_gpu_script import tiny_cxr
+
+    from deid.cli import main
+
+    tiny_cxr(tmp_path / "shared" / "cxr")
+    args = ["model", "evaluate", "--shared", str(tmp_path / "shared"), "--work", str(tmp_path / "work"),
+            "--preset", "toy", "--runs", "0", "--min-genuine-pairs", "1"]
+    done = CliRunner().invoke(main, [*args, "--keys", "2", "keyed:r12-s0.12-t0.09-e0.06g4-i0.2g3"])
+    assert done.exit_code == 0, done.output
+    result = json.loads((tmp_path / "work" / "eval-keyed-r12-s0.12-t0.09-e0.06g4-i0.2g3-keys2.json").read_text())
+    assert result["keys"] == 2 and result["reid"]["keys"] == 2
+    assert len(result["reid"]["max"]["weighted"]) == 2
+    ncc32 = result["reid"]["attackers"]["ncc32"]["pooled"]
+    assert len(ncc32) == 2 and ncc32[0] != ncc32[1]
+    assert len(result["classification"]["auc_mean_by_key"]) == 2
+
+    refused = CliRunner().invoke(main, [*args, "--keys", "2", "real"])
+    assert refused.exit_code == 2 and "keyed transform" in refused.output

@@ -24,7 +24,7 @@ from deid.train.data import Split, load_split, shared_cxr
 from deid.train.loops import use_device  # noqa: F401 - re-exported for the CLI
 from deid.train.networks import Deformation, generator_gflop, parameter_count
 from deid.train.presets import Preset, preset
-from deid.train.protocol import reidentification, utility
+from deid.train.protocol import over_keys, over_keys_utility, reidentification, utility
 
 log = structlog.get_logger("deid.train")
 
@@ -135,6 +135,11 @@ def checkpoint_name(checkpoint: dict) -> str:
 EVALUATION_KEY, ATTACKER_KEY = b"deid evaluation key", b"the attacker's own key"
 
 
+def evaluation_key(index: int) -> bytes:
+    """The ``index``-th evaluation key of a keyed transform (the first is :data:`EVALUATION_KEY`)."""
+    return EVALUATION_KEY if index == 0 else EVALUATION_KEY + f" {index}".encode()
+
+
 def load_classifier(path: Path, p: Preset):
     """A classifier saved by :func:`real_classifier` or :func:`train_augmented_classifier`."""
     classifier = loops.new_classifier(p)
@@ -161,7 +166,7 @@ def train_augmented_classifier(shared: Path, out: Path, preset_name: str, augmen
 
 def evaluate(shared: Path, work: Path, preset_name: str, anonymizer: str, runs: int,
              dp_block: int = 4, dp_epsilon: float = 0.1, split: str = "test",
-             classifiers: tuple[Path, ...] = (), min_genuine_pairs: int | None = None) -> Path:
+             classifiers: tuple[Path, ...] = (), min_genuine_pairs: int | None = None, keys: int = 1) -> Path:
     """Measure ``anonymizer`` (``real``, ``dp-pix``, ``keyed:<magnitudes>`` or a generator
     checkpoint) with the protocol of :mod:`deid.train.protocol`; write ``work/eval-<name>.json``.
 
@@ -170,9 +175,14 @@ def evaluate(shared: Path, work: Path, preset_name: str, anonymizer: str, runs: 
     ``classifiers``: the utility classifiers (the first gives ``classification``, every one is
     recorded under ``classifications``); default the real-image classifier of ``work``.
     ``min_genuine_pairs``: the fewest genuine pairs of a source in the weighted column.
+    ``keys``: how many evaluation keys a keyed transform is measured under (:func:`evaluation_key`);
+    every attacker's and the maximum's lists then hold the values of every key
+    (:func:`~deid.train.protocol.over_keys`), so their spread is the key's as well as the runs'.
     """
     if split == "val" and runs:
         raise ValueError("the validation split is scored by the fixed attackers only: --runs 0")
+    if keys < 1 or (keys > 1 and not anonymizer.startswith("keyed:")):
+        raise ValueError("--keys takes a count of at least 1, and more than 1 only for a keyed transform")
     p = preset(preset_name)
     train_split, val, test = _splits(shared, p)
     scored_split = val if split == "val" else test
@@ -182,6 +192,7 @@ def evaluate(shared: Path, work: Path, preset_name: str, anonymizer: str, runs: 
         chosen = {"real-image classifier": real_classifier(work, p, train_split, val)}
     info: dict = {"anonymizer": anonymizer, "split": split}
     attacker_anonymize, search = None, None
+    other_keys: list = []
     if anonymizer == "real":
         name, anonymize = "real", (lambda images: images)
     elif anonymizer == "dp-pix":
@@ -198,9 +209,10 @@ def evaluate(shared: Path, work: Path, preset_name: str, anonymizer: str, runs: 
         from deid.train.keyed import Magnitudes, keyed_anonymizer
 
         magnitudes = Magnitudes.parse(anonymizer.removeprefix("keyed:"))
-        name = f"keyed-{magnitudes.label()}"
-        info.update(magnitudes=magnitudes.as_dict(), gflop=0.0)
-        anonymize = keyed_anonymizer(magnitudes, EVALUATION_KEY)
+        name = f"keyed-{magnitudes.label()}" + (f"-keys{keys}" if keys > 1 else "")
+        info.update(magnitudes=magnitudes.as_dict(), gflop=0.0, keys=keys)
+        anonymize = keyed_anonymizer(magnitudes, evaluation_key(0))
+        other_keys = [keyed_anonymizer(magnitudes, evaluation_key(k)) for k in range(1, keys)]
         attacker_anonymize = keyed_anonymizer(magnitudes, ATTACKER_KEY)
         search = registration_grid(magnitudes.rotation, magnitudes.scale, magnitudes.shift)
     else:
@@ -218,11 +230,14 @@ def evaluate(shared: Path, work: Path, preset_name: str, anonymizer: str, runs: 
         def anonymize(images: np.ndarray) -> np.ndarray:
             return loops.anonymize(deformation, images)
     extra = {} if min_genuine_pairs is None else {"min_genuine_pairs": min_genuine_pairs}
-    utilities = {label: utility(classifier, anonymize, scored_split) for label, classifier in chosen.items()}
+    anonymizers = [anonymize, *other_keys]
+    utilities = {label: over_keys_utility([utility(classifier, a, scored_split) for a in anonymizers])
+                 for label, classifier in chosen.items()}
     result = {
         "name": name, "preset": asdict(p), **info,
-        "reid": reidentification(p, anonymize, train_split, val, scored_split, runs,
-                                 attacker_anonymize=attacker_anonymize, search=search, **extra),
+        "reid": over_keys([reidentification(p, a, train_split, val, scored_split, runs,
+                                            attacker_anonymize=attacker_anonymize, search=search, **extra)
+                           for a in anonymizers]),
         "classification": next(iter(utilities.values())), "classifier": next(iter(utilities)),
         "classifications": {label: u["auc_mean"] for label, u in utilities.items()},
     }

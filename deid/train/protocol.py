@@ -120,6 +120,34 @@ def reidentification(preset: Preset, anonymize: Anonymizer, train: Split, val: S
     }
 
 
+def over_keys(results: list[dict]) -> dict:
+    """One :func:`reidentification` result from the same protocol run under several evaluation keys
+    of a keyed transform: every list (a value per learned run, one for a fixed attacker) holds the
+    values of every key in turn, so that a mean ± std over it is over keys and runs alike."""
+    first = results[0]
+
+    def joined(parts: list[dict]) -> dict:
+        return {"pooled": [v for part in parts for v in part["pooled"]],
+                "weighted": [v for part in parts for v in part["weighted"]],
+                "by_source": {s: [v for part in parts for v in part["by_source"][s]] for s in first["sources"]}}
+
+    if len(results) == 1:
+        return first
+    return {"sources": first["sources"], "scored": first["scored"],
+            "attackers": {name: joined([r["attackers"][name] for r in results]) for name in first["attackers"]},
+            "max": joined([r["max"] for r in results]), "keys": len(results)}
+
+
+def over_keys_utility(results: list[dict]) -> dict:
+    """The mean of :func:`utility` results under several evaluation keys, with each key's mean AUC."""
+    if len(results) == 1:
+        return results[0]
+    labels = results[0]["by_label"]
+    return {"auc_mean": float(np.mean([r["auc_mean"] for r in results])),
+            "by_label": {name: float(np.mean([r["by_label"][name] for r in results])) for name in labels},
+            "auc_mean_by_key": [r["auc_mean"] for r in results]}
+
+
 def utility(classifier: Classifier, anonymize: Anonymizer, test: Split) -> dict:
     """Per-label and mean AUC of the real-image classifier on anonymized test images."""
     probabilities = class_probabilities(classifier, anonymize(test.images))
