@@ -224,16 +224,36 @@ def phi_ct() -> Dataset:
     return ds
 
 
+def functional_groups_with_comment(comment: str) -> Sequence:
+    """A Per-frame Functional Groups Sequence whose frame content carries ``comment``."""
+    frame = Dataset()
+    frame.FrameComments = comment
+    group = Dataset()
+    group.FrameContentSequence = Sequence([frame])
+    return Sequence([group])
+
+
+def sr_text_tree(text: str, *more: Dataset) -> Sequence:
+    """A Content Sequence: one container holding a TEXT item (concept Finding) with ``text``,
+    then the items ``more``."""
+    leaf = Dataset()
+    leaf.RelationshipType, leaf.ValueType = "CONTAINS", "TEXT"
+    concept = Dataset()
+    concept.CodeValue, concept.CodingSchemeDesignator, concept.CodeMeaning = "121071", "DCM", "Finding"
+    leaf.ConceptNameCodeSequence = Sequence([concept])
+    leaf.TextValue = text
+    container = Dataset()
+    container.RelationshipType, container.ValueType = "CONTAINS", "CONTAINER"
+    container.ContentSequence = Sequence([leaf, *more])
+    return Sequence([container])
+
+
 @pytest.mark.parametrize("syntax", SYNTAXES)
 def test_research_cleans_descriptors_at_every_depth(syntax):
     """Profile research (Clean Descriptors): top level, functional groups (Frame Comments) and a
     sequence three levels deep."""
     ds = phi_ct()
-    frame = Dataset()
-    frame.FrameComments = "Frame of Jane Smith, MRN 445-566"
-    group = Dataset()
-    group.FrameContentSequence = Sequence([frame])
-    ds.PerFrameFunctionalGroupsSequence = Sequence([group])
+    ds.PerFrameFunctionalGroupsSequence = functional_groups_with_comment("Frame of Jane Smith, MRN 445-566")
     level3 = Dataset()
     level3.ContentDescription = "key image JANESMITH, wife Margaret O'Neill"
     level2 = Dataset()
@@ -254,21 +274,13 @@ def test_research_cleans_descriptors_at_every_depth(syntax):
 def test_clean_structured_content_cleans_sr_text_items(syntax):
     """Profile research + Clean Structured Content: TEXT items of a nested content tree."""
     ds = phi_ct()
-    leaf = Dataset()
-    leaf.RelationshipType, leaf.ValueType = "CONTAINS", "TEXT"
-    concept = Dataset()
-    concept.CodeValue, concept.CodingSchemeDesignator, concept.CodeMeaning = "121071", "DCM", "Finding"
-    leaf.ConceptNameCodeSequence = Sequence([concept])
-    leaf.TextValue = (
-        "Nodule in the right lower lobe. Patient Smith (born 1931-02-14) seen with Prof. Ingrid Larsen. Wilson agrees."
-    )
     observer = Dataset()
     observer.RelationshipType, observer.ValueType = "HAS OBS CONTEXT", "PNAME"
     observer.PersonName = "WILSON^JAMES"  # a name of the report itself, in an item after the text
-    container = Dataset()
-    container.RelationshipType, container.ValueType = "CONTAINS", "CONTAINER"
-    container.ContentSequence = Sequence([leaf, observer])
-    ds.ContentSequence = Sequence([container])
+    ds.ContentSequence = sr_text_tree(
+        "Nodule in the right lower lobe. Patient Smith (born 1931-02-14) seen with Prof. Ingrid Larsen. Wilson agrees.",
+        observer,
+    )
     ds = deidentify(in_byte_order(ds, syntax), "research", ("clean_structured_content",))
     text = ds.ContentSequence[0].ContentSequence[0].TextValue
     assert text == "Nodule in the right lower lobe. Patient (born) seen with Prof.. agrees."
@@ -281,25 +293,12 @@ def test_unmarked_names_go_wherever_text_is_kept(syntax):
     while the eponyms beside it stay."""
     ds = phi_ct()
     ds.StudyDescription = "XR CHEST AP PORTABLE for Douglas Davidson"
-    frame = Dataset()
-    frame.FrameComments = "copy to Anna Kowalczyk, Kerley B lines"
-    group = Dataset()
-    group.FrameContentSequence = Sequence([frame])
-    ds.PerFrameFunctionalGroupsSequence = Sequence([group])
+    ds.PerFrameFunctionalGroupsSequence = functional_groups_with_comment("copy to Anna Kowalczyk, Kerley B lines")
     segment = Dataset()
     segment.SegmentLabel = "Liver"
     segment.SegmentDescription = "Hodgkin lymphoma, reviewed with Rebecca Lawson"
     ds.SegmentSequence = Sequence([segment])
-    leaf = Dataset()
-    leaf.RelationshipType, leaf.ValueType = "CONTAINS", "TEXT"
-    concept = Dataset()
-    concept.CodeValue, concept.CodingSchemeDesignator, concept.CodeMeaning = "121071", "DCM", "Finding"
-    leaf.ConceptNameCodeSequence = Sequence([concept])
-    leaf.TextValue = "Befund mitgeteilt an Petra Schneider. Morbus Crohn, Fleischner criteria."
-    container = Dataset()
-    container.RelationshipType, container.ValueType = "CONTAINS", "CONTAINER"
-    container.ContentSequence = Sequence([leaf])
-    ds.ContentSequence = Sequence([container])
+    ds.ContentSequence = sr_text_tree("Befund mitgeteilt an Petra Schneider. Morbus Crohn, Fleischner criteria.")
     ds = deidentify(in_byte_order(ds, syntax), "research", ("clean_structured_content",))
     assert ds.StudyDescription == "XR CHEST AP PORTABLE for"
     assert ds.PerFrameFunctionalGroupsSequence[0].FrameContentSequence[0].FrameComments == "copy to, Kerley B lines"
