@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-pytest.importorskip("torch", reason="the train extra (torch) is not installed")
+torch = pytest.importorskip("torch", reason="the train extra (torch) is not installed")
 
 pytestmark = pytest.mark.train
 
@@ -64,3 +64,55 @@ def test_the_learned_attacker_adapts_to_its_anonymizer():
 
     assert auc(train_fusion_attacker(TOY, invert[0], train, invert[1], val, seed=0)) > 0.8
     assert auc(train_fusion_attacker(TOY, train, train, val, val, seed=0)) < 0.6
+
+
+def test_the_registration_channel_is_the_registration_attackers_search():
+    from deid.train.attacks import registration_scores
+    from deid.train.fusion import RegistrationChannel
+
+    split = typical_split(10, 2, 4, sources=1)
+    pairs, _ = split.all_within_source_pairs()
+    channel = RegistrationChannel()
+    matrix = channel.similarity(channel.anonymized(split.images[::-1]), channel.real(split.images))
+    expected = registration_scores(split.images[::-1], split.images, pairs, refine_steps=0)
+    np.testing.assert_allclose(matrix[pairs[:, 0], pairs[:, 1]], expected, atol=1e-6)
+
+
+def _attacker_over_two_channels():
+    from deid.train.fusion import FusionAttacker, VectorChannel, _Reference
+
+    channels = [VectorChannel(name, 1, lambda images: images) for name in ("a", "b")]
+    empty = np.zeros(0)
+    return FusionAttacker(channels, _Reference([], [], empty, empty), ["s0"])
+
+
+def _pairs_of(patients: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    first = np.repeat(np.arange(patients), 4)
+    second = np.concatenate([[p, *rng.choice(np.delete(np.arange(patients), p), 3, replace=False)]
+                             for p in range(patients)])
+    pairs = np.stack([first, second], axis=1)
+    return np.array([f"p{p}" for p in pairs.ravel()]).reshape(-1, 2), pairs[:, 0] == pairs[:, 1]
+
+
+@pytest.mark.parametrize("steps, shift, expected", [
+    (0, {0: 8.0}, {0: 0}),              # an untrained fusion loses to the one channel that links alone
+    (300, {0: 1.0, 3: 1.0}, {}),        # two partial channels: their fusion links better than either
+])
+def test_a_source_falls_back_to_a_channel_only_where_it_links_held_out_pairs_better(steps, shift, expected):
+    from deid.train.fusion import _choose_fallbacks
+
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    pair_patients, genuine = _pairs_of(300, rng)
+    x = rng.standard_normal((len(genuine), 6))
+    for column, by in shift.items():
+        x[:, column] += by * genuine
+    attacker = _attacker_over_two_channels()
+    source = np.zeros(len(genuine), np.int64)
+    attacker.fit_standardisation(x, source)
+    fallback = _choose_fallbacks(attacker, x, genuine, np.full(len(genuine), "s0"), source, pair_patients,
+                                 steps, 1e-4, rng)
+    assert fallback == expected
+    assert attacker.channel_choices() == {"s0": "fusion"}
+    attacker.fallback = fallback
+    assert attacker.channel_choices() == {"s0": "a" if expected else "fusion"}

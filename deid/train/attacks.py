@@ -176,47 +176,80 @@ def aligned_scores(anonymized: np.ndarray, real: np.ndarray, sources: np.ndarray
     return pair_scores(first, second, pairs)
 
 
+def _search_maps(grid: tuple) -> list[tuple[float, float, float, float]]:
+    """Every map of a registration grid as (rotation in radians, log scale, shift x, shift y) in
+    normalised units."""
+    rotations, scales, shifts = grid
+    return [(float(np.radians(r)), float(np.log(s)), 2 * dx, 2 * dy) for r in rotations for s in scales
+            for dx in shifts for dy in shifts]
+
+
+def _search_input(anonymized: np.ndarray, size: int) -> torch.Tensor:
+    return torch.from_numpy(area_downsize(np.asarray(anonymized, np.float32), 2 * size)).unsqueeze(1).float()
+
+
+def registration_thumbnails(anonymized: np.ndarray, size: int = 32, grid: tuple = REGISTRATION_GRID) -> np.ndarray:
+    """Unit vectors (n, maps, size * size) of each image under every affine map of ``grid``: the
+    image resampled at twice ``size`` (bilinear, border), then area-downsized."""
+    small = _search_input(anonymized, size)
+    maps = _search_maps(grid)
+    out = np.empty((len(small), len(maps), size * size), np.float32)
+    with torch.no_grad():
+        for index, affine_map in enumerate(maps):
+            theta = _affine(torch.tensor([affine_map], dtype=torch.float32)).expand(len(small), 2, 3)
+            sample = F.affine_grid(theta, list(small.shape), align_corners=True)
+            moved = F.grid_sample(small, sample, mode="bilinear", padding_mode="border", align_corners=True)
+            out[:, index] = _unit_torch(F.avg_pool2d(moved, 2)).numpy()
+    return out
+
+
+def registration_search(thumbnails: np.ndarray, real_vectors: np.ndarray,
+                        chunk: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
+    """For every (anonymized, real) pair of the two stacks: the best correlation over the maps of
+    :func:`registration_thumbnails` and the index of that map, each (n anonymized, n real)."""
+    n, maps, width = thumbnails.shape
+    real = np.asarray(real_vectors, np.float32)
+    best = np.empty((n, len(real)), np.float32)
+    best_map = np.empty((n, len(real)), np.int64)
+    rows = max(1, chunk // max(maps, 1))
+    for start in range(0, n, rows):
+        scores = (thumbnails[start:start + rows].reshape(-1, width) @ real.T).reshape(-1, maps, len(real))
+        best_map[start:start + rows] = scores.argmax(axis=1)
+        best[start:start + rows] = scores.max(axis=1)
+    return best, best_map
+
+
 def registration_scores(anonymized: np.ndarray, real: np.ndarray, pairs: np.ndarray, size: int = 32,
                         grid: tuple = REGISTRATION_GRID, refine_steps: int = 30, chunk: int = 8192) -> np.ndarray:
     """``ncc<size>`` of each pair maximised over affine maps of its anonymized image.
 
-    First a search: for every rotation, scale and shift of ``grid`` the anonymized stack is
-    resampled (at twice ``size``, bilinear, border), area-downsized, and correlated with every
-    real thumbnail. Then each pair's best map is refined by ``refine_steps`` of Adam on that pair's
-    correlation (a pairwise registration). The score is the best correlation found.
+    First a search (:func:`registration_search`): every rotation, scale and shift of ``grid``
+    applied to the anonymized stack and correlated with every real thumbnail. Then each pair's best
+    map is refined by ``refine_steps`` of Adam on that pair's correlation (a pairwise
+    registration). The score is the best correlation found.
     """
-    rotations, scales, shifts = grid
-    real_vectors = torch.from_numpy(ncc_features(real, size)).float()
-    small = torch.from_numpy(area_downsize(np.asarray(anonymized, np.float32), 2 * size)).unsqueeze(1).float()
-    n = len(small)
-    maps = [(np.radians(r), np.log(s), 2 * dx, 2 * dy) for r in rotations for s in scales for dx in shifts
-            for dy in shifts]
-    best = torch.full((n, len(real)), -2.0)
-    best_map = torch.zeros((n, len(real)), dtype=torch.int64)
-    with torch.no_grad():
-        for index, affine_map in enumerate(maps):
-            theta = _affine(torch.tensor([affine_map], dtype=torch.float32)).expand(n, 2, 3)
-            sample = F.affine_grid(theta, list(small.shape), align_corners=True)
-            moved = F.grid_sample(small, sample, mode="bilinear", padding_mode="border", align_corners=True)
-            scores = _unit_torch(F.avg_pool2d(moved, 2)) @ real_vectors.T
-            better = scores > best
-            best[better], best_map[better] = scores[better], index
-    first, second = torch.from_numpy(pairs[:, 0]), torch.from_numpy(pairs[:, 1])
-    result = best[first, second].clone()
+    real_vectors = ncc_features(real, size).astype(np.float32)
+    maps = _search_maps(grid)
+    best, best_map = registration_search(registration_thumbnails(anonymized, size, grid), real_vectors)
+    result = torch.from_numpy(best[pairs[:, 0], pairs[:, 1]].copy())
     if not refine_steps or not len(pairs):
         return result.numpy().astype(np.float64)
+    small = _search_input(anonymized, size)
+    targets = torch.from_numpy(real_vectors)
+    first, second = torch.from_numpy(pairs[:, 0]), torch.from_numpy(pairs[:, 1])
+    chosen_map = torch.from_numpy(best_map)
     table = torch.tensor(maps, dtype=torch.float32)
     for start in range(0, len(pairs), chunk):
         i, j = first[start:start + chunk], second[start:start + chunk]
-        parameters = table[best_map[i, j]].clone().requires_grad_(True)
+        parameters = table[chosen_map[i, j]].clone().requires_grad_(True)
         optimiser = torch.optim.Adam([parameters], lr=0.01)
         for _ in range(refine_steps):
-            loss = -_pair_correlation(small[i], real_vectors[j], parameters, size).sum()
+            loss = -_pair_correlation(small[i], targets[j], parameters, size).sum()
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
         with torch.no_grad():
-            refined = _pair_correlation(small[i], real_vectors[j], parameters, size)
+            refined = _pair_correlation(small[i], targets[j], parameters, size)
             result[start:start + chunk] = torch.maximum(result[start:start + chunk], refined)
     return result.numpy().astype(np.float64)
 

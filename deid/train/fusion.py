@@ -13,7 +13,14 @@ seen through the anonymizer sets the normalisation.
 
 Channels: normalised cross-correlation at 8-64 px, histograms of oriented gradients at three
 scales, high-pass and gradient-magnitude correlation at 32 px, the grey-level histogram, the row
-and column profile, and the per-pixel weighted cross-correlation (:func:`train_metric_attacker`).
+and column profile, the coarse registration of the ``registration`` attacker (its grid of affine
+maps, without the per-pair refinement), and the per-pixel weighted cross-correlation
+(:func:`train_metric_attacker`).
+
+Where the fusion links a source's held-out train pairs worse than one fixed channel's similarity
+alone (:func:`_choose_fallbacks`: two halves of the patients, each scored by a scorer trained on
+the other), that source is scored by that channel: a source with few training pairs cannot carry
+its own correction, and the validation split may hold none of its pairs.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import structlog
@@ -29,14 +37,16 @@ import torch
 import torch.nn.functional as F
 
 from deid.train.attacks import (
+    REGISTRATION_GRID,
     Features,
-    MetricEmbedding,
     _unit_rows,
     area_downsize,
     embed,
     highpass_features,
     hog_features,
     ncc_features,
+    registration_search,
+    registration_thumbnails,
     train_metric_attacker,
 )
 from deid.train.data import Split
@@ -61,49 +71,71 @@ def _profile(images: np.ndarray, size: int) -> np.ndarray:
     return _unit_rows(np.concatenate([small.mean(axis=1), small.mean(axis=2)], axis=1))
 
 
-#: ``(name, side it needs, unit vectors)`` of every fixed channel.
-CHANNELS: tuple[tuple[str, int, Features], ...] = (
-    *((f"ncc{s}", s, lambda x, s=s: ncc_features(x, s)) for s in (8, 16, 32, 64)),
-    ("hog32-4", 32, lambda x: hog_features(x, 32, 4)),
-    ("hog64-8", 64, lambda x: hog_features(x, 64, 8)),
-    ("hog128-8", 128, lambda x: hog_features(x, 128, 8)),
-    ("hog128-16", 128, lambda x: hog_features(x, 128, 16)),
-    ("highpass32", 32, highpass_features),
-    ("gradient32", 32, lambda x: _gradient(x, 32)),
-    ("histogram", 1, lambda x: _histogram(x, 32)),
-    ("profile", 64, lambda x: _profile(x, 64)),
+@dataclass(frozen=True)
+class VectorChannel:
+    """A similarity that is the dot product of one unit vector per image, the same on both sides."""
+
+    name: str
+    needs: int
+    features: Features
+
+    def anonymized(self, images: np.ndarray) -> np.ndarray:
+        return self.features(images)
+
+    def real(self, images: np.ndarray) -> np.ndarray:
+        return self.features(images)
+
+    def similarity(self, anonymized: np.ndarray, real: np.ndarray) -> np.ndarray:
+        """(len(anonymized), len(real)) similarities of the prepared vectors."""
+        return anonymized @ real.T
+
+
+@dataclass(frozen=True)
+class RegistrationChannel:
+    """The coarse registration of ``registration`` (:func:`~deid.train.attacks.registration_search`):
+    the best ``ncc32`` over a grid of affine maps of the anonymized image."""
+
+    grid: tuple = REGISTRATION_GRID
+    name: str = "registration"
+    needs: int = 64
+
+    def anonymized(self, images: np.ndarray) -> np.ndarray:
+        return registration_thumbnails(images, 32, self.grid)
+
+    def real(self, images: np.ndarray) -> np.ndarray:
+        return ncc_features(images, 32).astype(np.float32)
+
+    def similarity(self, anonymized: np.ndarray, real: np.ndarray) -> np.ndarray:
+        return registration_search(anonymized, real)[0].astype(np.float64)
+
+
+Channel = VectorChannel | RegistrationChannel
+
+#: Every fixed channel but registration, whose grid follows the anonymizer.
+CHANNELS: tuple[VectorChannel, ...] = (
+    *(VectorChannel(f"ncc{s}", s, partial(ncc_features, size=s)) for s in (8, 16, 32, 64)),
+    VectorChannel("hog32-4", 32, lambda x: hog_features(x, 32, 4)),
+    VectorChannel("hog64-8", 64, lambda x: hog_features(x, 64, 8)),
+    VectorChannel("hog128-8", 128, lambda x: hog_features(x, 128, 8)),
+    VectorChannel("hog128-16", 128, lambda x: hog_features(x, 128, 16)),
+    VectorChannel("highpass32", 32, highpass_features),
+    VectorChannel("gradient32", 32, lambda x: _gradient(x, 32)),
+    VectorChannel("histogram", 1, lambda x: _histogram(x, 32)),
+    VectorChannel("profile", 64, lambda x: _profile(x, 64)),
 )
 
 
-def _gram_pairs(first: np.ndarray, second: np.ndarray, sources: np.ndarray, pairs: np.ndarray) -> np.ndarray:
-    """``first[i] . second[j]`` for within-source ``pairs``, through each source's Gram matrix."""
-    scores = np.empty(len(pairs))
-    pair_source = sources[pairs[:, 0]]
-    for s in np.unique(pair_source):
-        index = np.flatnonzero(sources == s)
-        position = np.full(len(sources), -1)
-        position[index] = np.arange(len(index))
-        gram = first[index] @ second[index].T
-        chosen = pair_source == s
-        scores[chosen] = gram[position[pairs[chosen, 0]], position[pairs[chosen, 1]]]
-    return scores
-
-
-def _cohort_statistics(queries: np.ndarray, sources: np.ndarray, patients: np.ndarray, reference: np.ndarray,
-                       reference_sources: np.ndarray, reference_patients: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard deviation of each query's similarity to the reference vectors of its
-    source, other patients only."""
-    mean, std = np.zeros(len(queries)), np.ones(len(queries))
-    for s in np.unique(sources):
-        q, r = np.flatnonzero(sources == s), np.flatnonzero(reference_sources == s)
-        keep = patients[q][:, None] != reference_patients[r][None, :]
-        if not len(r) or not keep.any():
-            continue
-        similarity = queries[q] @ reference[r].T
-        count = np.maximum(keep.sum(axis=1), 1)
-        mean[q] = (similarity * keep).sum(axis=1) / count
-        std[q] = np.sqrt(((similarity - mean[q][:, None]) ** 2 * keep).sum(axis=1) / count) + 1e-6
-    return mean, std
+def _cohort_statistics(similarity: np.ndarray, patients: np.ndarray,
+                       reference_patients: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of each row of ``similarity`` (queries against the reference
+    images of their source), other patients only; 0 and 1 where a row has none."""
+    keep = patients[:, None] != reference_patients[None, :]
+    if not keep.any():
+        return np.zeros(len(patients)), np.ones(len(patients))
+    count = np.maximum(keep.sum(axis=1), 1)
+    mean = (similarity * keep).sum(axis=1) / count
+    std = np.sqrt(((similarity - mean[:, None]) ** 2 * keep).sum(axis=1) / count) + 1e-6
+    return np.where(keep.any(axis=1), mean, 0.0), np.where(keep.any(axis=1), std, 1.0)
 
 
 @dataclass
@@ -133,7 +165,7 @@ class _Scorer(torch.nn.Module):
 class FusionAttacker:
     """A trained fusion attacker (:func:`train_fusion_attacker`); :meth:`scores` scores pairs."""
 
-    def __init__(self, channels: list[Features], reference: _Reference, source_names: list[str]) -> None:
+    def __init__(self, channels: list[Channel], reference: _Reference, source_names: list[str]) -> None:
         self.channels = channels
         self.reference = reference
         self.source_names = source_names
@@ -142,25 +174,42 @@ class FusionAttacker:
         rows = len(source_names) + 1
         self.own_shift, self.own_scale = np.zeros((rows, width)), np.ones((rows, width))
         self.scorer = _Scorer(width, len(source_names))
+        #: Sources (rows of the corrections) scored by one channel's similarity alone, by the
+        #: column of that similarity: where it linked the train split's held-out pairs better.
+        self.fallback: dict[int, int] = {}
 
     def features(self, anonymized: np.ndarray, real: np.ndarray, sources: np.ndarray, patients: np.ndarray,
                  pairs: np.ndarray) -> np.ndarray:
         """Per pair: each channel's similarity and its two standard scores against the reference set."""
-        return self.vector_features([c(anonymized) for c in self.channels], [c(real) for c in self.channels],
-                                    sources, patients, pairs)
+        return self.vector_features([c.anonymized(anonymized) for c in self.channels],
+                                    [c.real(real) for c in self.channels], sources, patients, pairs)
 
     def vector_features(self, anonymized: list[np.ndarray], real: list[np.ndarray], sources: np.ndarray,
                         patients: np.ndarray, pairs: np.ndarray) -> np.ndarray:
-        """:meth:`features` from each channel's vectors of the two stacks."""
+        """:meth:`features` from each channel's prepared stacks (the reference set's own stacks
+        when the pairs are the reference set's)."""
         ref = self.reference
-        columns = []
-        for first, second, ref_anonymized, ref_real in zip(anonymized, real, ref.anonymized, ref.real, strict=True):
-            similarity = _gram_pairs(first, second, sources, pairs)
-            mean_a, std_a = _cohort_statistics(first, sources, patients, ref_real, ref.sources, ref.patients)
-            mean_b, std_b = _cohort_statistics(second, sources, patients, ref_anonymized, ref.sources, ref.patients)
-            columns += [similarity, (similarity - mean_a[pairs[:, 0]]) / std_a[pairs[:, 0]],
-                        (similarity - mean_b[pairs[:, 1]]) / std_b[pairs[:, 1]]]
-        return np.stack(columns, axis=1)
+        pair_source = sources[pairs[:, 0]]
+        columns = np.zeros((len(pairs), 3 * len(self.channels)))
+        for c, (channel, first, second, ref_anonymized, ref_real) in enumerate(
+                zip(self.channels, anonymized, real, ref.anonymized, ref.real, strict=True)):
+            own_reference = first is ref_anonymized and second is ref_real
+            for s in np.unique(pair_source):
+                index, r = np.flatnonzero(sources == s), np.flatnonzero(ref.sources == s)
+                position = np.full(len(sources), -1)
+                position[index] = np.arange(len(index))
+                matrix = channel.similarity(first[index], second[index])
+                to_reference = matrix if own_reference else channel.similarity(first[index], ref_real[r])
+                from_reference = matrix.T if own_reference else channel.similarity(ref_anonymized[r], second[index]).T
+                mean_a, std_a = _cohort_statistics(to_reference, patients[index], ref.patients[r])
+                mean_b, std_b = _cohort_statistics(from_reference, patients[index], ref.patients[r])
+                chosen = pair_source == s
+                i, j = position[pairs[chosen, 0]], position[pairs[chosen, 1]]
+                similarity = matrix[i, j]
+                columns[chosen, 3 * c] = similarity
+                columns[chosen, 3 * c + 1] = (similarity - mean_a[i]) / std_a[i]
+                columns[chosen, 3 * c + 2] = (similarity - mean_b[j]) / std_b[j]
+        return columns
 
     def source_index(self, pair_sources: np.ndarray) -> np.ndarray:
         """Each pair's source as a row of the per-source corrections (the last: a source not trained on)."""
@@ -187,8 +236,19 @@ class FusionAttacker:
         if patients is None:
             patients = np.full(len(sources), "", dtype=object)
         source = self.source_index(sources[pairs[:, 0]])
-        x, x_own = self.standardise(self.features(anonymized, real, sources, patients, pairs), source)
-        return self.scorer(x, x_own, torch.from_numpy(source)).numpy().astype(np.float64)
+        features = self.features(anonymized, real, sources, patients, pairs)
+        x, x_own = self.standardise(features, source)
+        scores = self.scorer(x, x_own, torch.from_numpy(source)).numpy().astype(np.float64)
+        for row, column in self.fallback.items():
+            chosen = source == row
+            scores[chosen] = x_own[chosen, column].numpy()
+        return scores
+
+    def channel_choices(self) -> dict[str, str]:
+        """Each trained source's scorer: ``fusion`` or the one channel it falls back to."""
+        names = [c.name for c in self.channels]
+        return {source: names[self.fallback[k] // 3] if k in self.fallback else "fusion"
+                for k, source in enumerate(self.source_names)}
 
 
 def _pair_weights(genuine: np.ndarray, pair_source: np.ndarray) -> np.ndarray:
@@ -215,9 +275,71 @@ def source_mean_auc(genuine: np.ndarray, scores: np.ndarray, pair_source: np.nda
     return total / weight if weight else float("nan")
 
 
+def _fit_scorer(scorer: _Scorer, inputs: tuple, genuine: np.ndarray, pair_source: np.ndarray, steps: int,
+                weight_decay: float, check: Callable[[], float] | None = None, check_every: int = 20) -> int:
+    """Full-batch Adam on the weighted logistic loss; with ``check``, the scorer of the step with
+    the best ``check()`` is kept. Returns that step (``steps`` without ``check``)."""
+    targets = torch.from_numpy(genuine.astype(np.float32))
+    weights = torch.from_numpy(_pair_weights(genuine, pair_source).astype(np.float32))
+    optimiser = torch.optim.Adam(scorer.parameters(), lr=1e-2, weight_decay=weight_decay)
+    best, best_step, best_state = -1.0, steps, copy.deepcopy(scorer.state_dict())
+    for step in range(steps + 1):
+        if check is not None and step % check_every == 0:
+            auc = check()
+            if auc > best:
+                best, best_step, best_state = auc, step, copy.deepcopy(scorer.state_dict())
+        if step == steps:
+            break
+        loss = F.binary_cross_entropy_with_logits(scorer(*inputs), targets, weight=weights)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    if check is not None:
+        scorer.load_state_dict(best_state)
+    return best_step
+
+
+def _choose_fallbacks(attacker: FusionAttacker, x: np.ndarray, genuine: np.ndarray, pair_source: np.ndarray,
+                      source: np.ndarray, pair_patients: np.ndarray, steps: int, weight_decay: float,
+                      rng: np.random.Generator) -> dict[int, int]:
+    """The sources where one fixed channel's similarity links the train split's held-out pairs
+    better than the fusion: the patients are split in two halves, a scorer trained ``steps`` on the
+    pairs within one half scores the pairs within the other, and each source's AUCs are averaged
+    over the halves by their genuine pairs. A source with too few pairs for that keeps the fusion."""
+    patients = np.unique(pair_patients)
+    half = dict(zip(patients, rng.permutation(len(patients)) % 2, strict=True))
+    halves = np.vectorize(half.__getitem__)(pair_patients)
+    fixed_columns = [3 * c for c, channel in enumerate(attacker.channels) if channel.name != "weighted-ncc"]
+    totals: dict[int, np.ndarray] = {}
+    counts: dict[int, int] = {}
+    for k in (0, 1):
+        fit = (halves[:, 0] == 1 - k) & (halves[:, 1] == 1 - k)
+        held = (halves[:, 0] == k) & (halves[:, 1] == k)
+        scorer = _Scorer(x.shape[1], len(attacker.source_names))
+        _fit_scorer(scorer, (*attacker.standardise(x[fit], source[fit]), torch.from_numpy(source[fit])),
+                    genuine[fit], pair_source[fit], steps, weight_decay)
+        with torch.no_grad():
+            fused = scorer(*attacker.standardise(x[held], source[held]), torch.from_numpy(source[held])).numpy()
+        for row in np.unique(source[held]):
+            chosen = source[held] == row
+            count = int(genuine[held][chosen].sum())
+            if not count or count == chosen.sum():
+                continue
+            aucs = [roc_auc(genuine[held][chosen], fused[chosen])]
+            aucs += [roc_auc(genuine[held][chosen], x[held][chosen, column]) for column in fixed_columns]
+            totals[row] = totals.get(row, 0) + count * np.array(aucs)
+            counts[row] = counts.get(row, 0) + count
+    fallback = {}
+    for row, total in totals.items():
+        best = int(np.argmax(total))
+        if best:
+            fallback[int(row)] = fixed_columns[best - 1]
+    return fallback
+
+
 def train_fusion_attacker(preset: Preset, anon_train: Split, real_train: Split, anon_val: Split, real_val: Split,
                           seed: int, steps: int = 600, check_every: int = 20, impostor_share: float = 0.5,
-                          weight_decay: float = 1e-4) -> FusionAttacker:
+                          weight_decay: float = 1e-4, search: tuple = REGISTRATION_GRID) -> FusionAttacker:
     """A fresh fusion attacker for one anonymizer.
 
     Parameters
@@ -229,23 +351,27 @@ def train_fusion_attacker(preset: Preset, anon_train: Split, real_train: Split, 
         The validation split alike; the step with the best genuine-weighted mean of per-source
         AUCs is kept.
     seed
-        Seeds the per-pixel weighted channel, the scorer and the share of impostor pairs drawn.
+        Seeds the per-pixel weighted channel, the scorer, the share of impostor pairs drawn and
+        the halves of :func:`_choose_fallbacks`.
     steps, check_every
         Full-batch Adam steps, and how often the validation AUC is checked.
     impostor_share
         Fraction of the train split's impostor pairs drawn for this attacker.
     weight_decay
         L2 penalty on the scorer's weights.
+    search
+        The registration channel's grid (the ``registration`` attacker's).
     """
     started = time.monotonic()
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     weighted_ncc = train_metric_attacker(preset, anon_train, real_train, anon_val, real_val, seed)
     side = real_train.images.shape[1]
-    channels: list[Features] = [features for _, needs, features in CHANNELS if needs <= side]
-    channels.append(_embedding_channel(weighted_ncc))
-    reference = _Reference([c(anon_train.images) for c in channels], [c(real_train.images) for c in channels],
-                           real_train.sources, real_train.patients)
+    fixed: list[Channel] = [*CHANNELS, RegistrationChannel(search)]
+    channels = [channel for channel in fixed if channel.needs <= side]
+    channels.append(VectorChannel("weighted-ncc", side, lambda images: embed(weighted_ncc, images)))
+    reference = _Reference([c.anonymized(anon_train.images) for c in channels],
+                           [c.real(real_train.images) for c in channels], real_train.sources, real_train.patients)
     attacker = FusionAttacker(channels, reference, sorted(set(real_train.sources)))
 
     pairs, genuine = real_train.all_within_source_pairs()
@@ -261,26 +387,13 @@ def train_fusion_attacker(preset: Preset, anon_train: Split, real_train: Split, 
     x_val = attacker.features(anon_val.images, real_val.images, real_val.sources, real_val.patients, val_pairs)
     val_inputs = (*attacker.standardise(x_val, val_source), torch.from_numpy(val_source))
 
-    targets = torch.from_numpy(genuine.astype(np.float32))
-    weights = torch.from_numpy(_pair_weights(genuine, pair_source).astype(np.float32))
-    optimiser = torch.optim.Adam(attacker.scorer.parameters(), lr=1e-2, weight_decay=weight_decay)
-    best, best_state = -1.0, copy.deepcopy(attacker.scorer.state_dict())
-    for step in range(steps + 1):
-        if step % check_every == 0:
-            with torch.no_grad():
-                auc = source_mean_auc(val_genuine, attacker.scorer(*val_inputs).numpy(), val_source)
-            if auc > best:
-                best, best_state = auc, copy.deepcopy(attacker.scorer.state_dict())
-        if step == steps:
-            break
-        loss = F.binary_cross_entropy_with_logits(attacker.scorer(*inputs), targets, weight=weights)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-    attacker.scorer.load_state_dict(best_state)
-    log.info("fusion attacker", seed=seed, val_auc=round(best, 4), seconds=round(time.monotonic() - started))
+    @torch.no_grad()
+    def check() -> float:
+        return source_mean_auc(val_genuine, attacker.scorer(*val_inputs).numpy(), val_source)
+
+    kept_step = _fit_scorer(attacker.scorer, inputs, genuine, pair_source, steps, weight_decay, check, check_every)
+    attacker.fallback = _choose_fallbacks(attacker, x, genuine, pair_source, source, real_train.patients[pairs],
+                                          kept_step, weight_decay, rng)
+    log.info("fusion attacker", seed=seed, val_auc=round(check(), 4), kept_step=kept_step,
+             choices=attacker.channel_choices(), seconds=round(time.monotonic() - started))
     return attacker
-
-
-def _embedding_channel(model: MetricEmbedding) -> Callable[[np.ndarray], np.ndarray]:
-    return lambda images: embed(model, images)

@@ -64,8 +64,9 @@ def reidentification(preset: Preset, anonymize: Anonymizer, train: Split, val: S
     dict
         ``sources`` (genuine and impostor pairs of each), ``scored`` (the sources of the weighted
         column), ``attackers`` (per attacker: ``pooled``, ``weighted`` and ``by_source`` lists, one
-        value per run for learned attackers, one for fixed ones) and ``max`` (the same, the
-        maximum over attackers, one value per run).
+        value per run for learned attackers, one for fixed ones), ``max`` (the same, the
+        maximum over attackers, one value per run) and, with learned attackers, ``learned_choices``
+        (per run, each source's scorer: the fusion or the channel it fell back to).
     """
     anon_test = anonymize(test.images)
     pairs, genuine = test.all_within_source_pairs()
@@ -92,13 +93,15 @@ def reidentification(preset: Preset, anonymize: Anonymizer, train: Split, val: S
     both_name, both = BOTH_ANONYMIZED
     attacker_side = anon_test if attacker_anonymize is None else attacker_anonymize(test.images)
     fixed[both_name] = figures(pair_scores(both(anon_test), both(attacker_side), pairs))
-    learned = []
+    learned, choices = [], []
     if runs:
         anon_train = replace(train, images=anonymize(train.images))
         anon_val = replace(val, images=anonymize(val.images))
     for run in range(runs):
-        attacker = train_fusion_attacker(preset, anon_train, train, anon_val, val, seed + run)
+        attacker = train_fusion_attacker(preset, anon_train, train, anon_val, val, seed + run,
+                                         search=search or REGISTRATION_GRID)
         learned.append(figures(attacker.scores(anon_test, test.images, test.sources, pairs)))
+        choices.append(attacker.channel_choices())
         log.info("attacker", run=run, weighted=round(learned[-1]["weighted"], 4))
     maxima: list[dict[str, Any]] = [
         {"pooled": float(np.nanmax([f["pooled"] for f in [*fixed.values(), run]])),
@@ -117,6 +120,7 @@ def reidentification(preset: Preset, anonymize: Anonymizer, train: Split, val: S
         "attackers": {**{name: as_lists([f]) for name, f in fixed.items()},
                       **({"learned": as_lists(learned)} if learned else {})},
         "max": as_lists(maxima),
+        **({"learned_choices": choices} if choices else {}),
     }
 
 
@@ -135,7 +139,9 @@ def over_keys(results: list[dict]) -> dict:
         return first
     return {"sources": first["sources"], "scored": first["scored"],
             "attackers": {name: joined([r["attackers"][name] for r in results]) for name in first["attackers"]},
-            "max": joined([r["max"] for r in results]), "keys": len(results)}
+            "max": joined([r["max"] for r in results]), "keys": len(results),
+            **({"learned_choices": [c for r in results for c in r["learned_choices"]]}
+               if "learned_choices" in first else {})}
 
 
 def over_keys_utility(results: list[dict]) -> dict:
