@@ -271,10 +271,11 @@ def report(work: Path) -> str:
     if not rows:
         return f"no evaluations in {work}"
     scored = rows[0]["reid"]["scored"]
+    real = next((r for r in rows if r["name"] == "real"), None)
     lines = [
-        "| anonymizer | GFLOP | steps | train min | learned runs | **max-attacker re-ID, weighted** | pooled | "
-        + " | ".join(scored) + " | class. AUC |",
-        "|---" * (8 + len(scored)) + "|",
+        "| anonymizer | GFLOP | steps | train min | learned runs | **max-attacker re-ID, weighted** | vs real | "
+        "pooled | " + " | ".join(scored) + " | class. AUC | vs real | milestone |",
+        "|---" * (11 + len(scored)) + "|",
     ]
     for r in rows:
         best = r["reid"]["max"]
@@ -282,11 +283,17 @@ def report(work: Path) -> str:
         steps = str(r["steps"]) if r.get("steps") else "–"
         minutes = f"{r['train_minutes']:.0f}" if r.get("train_minutes") else "–"
         learned_runs = len(r["reid"]["attackers"].get("learned", {}).get("weighted", []))
+        gain, loss, milestone = "–", "–", "–"
+        if real is not None and r is not real:
+            record = privacy_record(r, real)
+            gain = f"{record['reid_auc'] - record['real_reid_auc']:+.3f}"
+            loss = f"{100 * (record['utility_auc'] - record['real_utility_auc']):+.1f}"
+            milestone = "yes" if record["milestone"] else "no"
         lines.append(
             f"| {r['name']} | {gflop} | {steps} | {minutes} | {learned_runs} | **{_mean_std(best['weighted'])}** | "
-            f"{_mean_std(best['pooled'])} | "
+            f"{gain} | {_mean_std(best['pooled'])} | "
             + " | ".join(_mean_std(best["by_source"][s]) for s in scored)
-            + f" | {r['classification']['auc_mean']:.3f} |"
+            + f" | {r['classification']['auc_mean']:.3f} | {loss} | {milestone} |"
         )
     attackers = list(rows[0]["reid"]["attackers"])
     lines += ["", "Weighted re-ID AUC of each attacker:", "",
@@ -295,15 +302,16 @@ def report(work: Path) -> str:
         lines.append(f"| {r['name']} | "
                      + " | ".join(_mean_std(r["reid"]["attackers"][a]["weighted"]) if a in r["reid"]["attackers"]
                                   else "not run" for a in attackers) + " |")
-    real = next((r for r in rows if r["name"] == "real"), None)
     if real is not None and "learned" in real["reid"]["attackers"]:
         per = real["reid"]["attackers"]
-        lines += ["", "| real images, per source | best fixed attacker | its AUC | learned attacker |",
-                  "|---|---|---|---|"]
+        choices = real["reid"].get("learned_choices", [])
+        lines += ["", "| real images, per source | best fixed attacker | its AUC | learned attacker | "
+                      "learned attacker's scorer, per run |", "|---|---|---|---|---|"]
         for s in scored:
             name = max((a for a in per if a != "learned"), key=lambda a: per[a]["by_source"][s][0])
+            scorers = ", ".join(c.get(s, "–") for c in choices) or "–"
             lines.append(f"| {s} | {name} | {per[name]['by_source'][s][0]:.3f} | "
-                         f"{_mean_std(per['learned']['by_source'][s])} |")
+                         f"{_mean_std(per['learned']['by_source'][s])} | {scorers} |")
     for r in rows:
         if r.get("curve"):
             lines += ["", *curve_table(r["name"], r["curve"], r.get("kept_step"))]
