@@ -508,5 +508,20 @@ def model_export(checkpoint: str, out: Path, evaluation: Path | None, real: Path
         raise click.UsageError(str(exc)) from None
 
 
+@model.command("record")
+@click.argument("model_file", metavar="MODEL", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--evaluation", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The model's eval-*.json.")
+@click.option("--real", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="eval-real.json of the same protocol.")
+def model_record(model_file: Path, evaluation: Path, real: Path) -> None:
+    """Record a new measurement of an exported MODEL (.onnx) in its metadata, without exporting it
+    again; the default of --pixels follows it."""
+    try:
+        click.echo(_train_module().record_measurement(model_file, evaluation, real))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
 if __name__ == "__main__":
     main()

@@ -143,6 +143,34 @@ def test_privacy_record_needs_the_gain_outside_two_deviations_and_the_utility():
     assert not privacy_record(evaluation([0.68, 0.68, 0.68], 0.86), real)["milestone"]  # 0.08 below
 
 
+def test_a_new_measurement_is_recorded_in_the_models_metadata_and_refused_for_another_model(tmp_path):
+    from click.testing import CliRunner
+
+    from deid.cli import main
+
+    model = tmp_path / "deform.onnx"
+    model.write_bytes(b"graph")
+    model.with_suffix(".json").write_text(json.dumps({"name": "m", "sha256": "s"}))
+
+    def evaluation(name, weighted, utility):
+        path = tmp_path / f"eval-{name}.json"
+        path.write_text(json.dumps({"name": name, "reid": {"max": {"weighted": weighted}},
+                                    "classification": {"auc_mean": utility}}))
+        return str(path)
+
+    real = evaluation("real", [0.85, 0.85, 0.85], 0.917)
+    result = CliRunner().invoke(main, ["model", "record", str(model), "--evaluation",
+                                       evaluation("m", [0.84, 0.85, 0.86], 0.91), "--real", real])
+    assert result.exit_code == 0, result.output
+    metadata = json.loads(model.with_suffix(".json").read_text())
+    assert metadata["sha256"] == "s" and model.read_bytes() == b"graph"
+    assert metadata["privacy"]["reid_auc"] == 0.85 and metadata["privacy"]["real_reid_auc"] == 0.85
+    assert metadata["privacy"]["milestone"] is False
+    refused = CliRunner().invoke(main, ["model", "record", str(model), "--evaluation",
+                                        evaluation("other", [0.6], 0.91), "--real", real])
+    assert refused.exit_code == 2 and "measured other, not m" in refused.output
+
+
 def test_report_says_each_rows_gain_over_real_images_and_whether_it_meets_the_milestone(tmp_path):
     from deid.train.commands import report
 

@@ -430,9 +430,37 @@ def export_checkpoint(checkpoint: str, out: Path, evaluation: Path | None = None
         if path.resolve() != out.with_suffix(".pt").resolve():
             out.with_suffix(".pt").write_bytes(path.read_bytes())
     if evaluation is not None and real is not None:
-        measured = json.loads(evaluation.read_text())
-        if measured["name"] != metadata["name"]:
-            raise ValueError(f"{evaluation} measured {measured['name']}, not {metadata['name']}")
-        metadata["privacy"] = privacy_record(measured, json.loads(real.read_text()))
+        metadata = with_privacy(metadata, evaluation, real)
     out.with_suffix(".json").write_text(json.dumps(metadata, indent=2) + "\n")
     return out
+
+
+def with_privacy(metadata: dict, evaluation: Path, real: Path) -> dict:
+    """``metadata`` with ``privacy`` set to :func:`privacy_record` of ``evaluation`` (an
+    ``eval-*.json``) against ``real`` (``eval-real.json`` of the same protocol).
+
+    Raises
+    ------
+    ValueError
+        If ``evaluation`` measured another model than ``metadata`` names.
+    """
+    measured = json.loads(evaluation.read_text())
+    if measured["name"] != metadata["name"]:
+        raise ValueError(f"{evaluation} measured {measured['name']}, not {metadata['name']}")
+    return {**metadata, "privacy": privacy_record(measured, json.loads(real.read_text()))}
+
+
+def record_measurement(model: Path, evaluation: Path, real: Path) -> Path:
+    """Record a new measurement of an exported ``model`` in its metadata (``.json``), the graph
+    untouched: for when the attacker suite changed and the model was measured again.
+
+    Raises
+    ------
+    ValueError
+        If ``evaluation`` measured another model, or ``model`` has no metadata.
+    """
+    path = model.with_suffix(".json")
+    if not path.is_file():
+        raise ValueError(f"{model} has no metadata {path}")
+    path.write_text(json.dumps(with_privacy(json.loads(path.read_text()), evaluation, real), indent=2) + "\n")
+    return path
