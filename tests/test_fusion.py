@@ -116,3 +116,27 @@ def test_a_source_falls_back_to_a_channel_only_where_it_links_held_out_pairs_bet
     assert attacker.channel_choices() == {"s0": "fusion"}
     attacker.fallback = fallback
     assert attacker.channel_choices() == {"s0": "a" if expected else "fusion"}
+
+
+def test_the_fixed_channels_computed_once_are_those_each_attacker_would_compute():
+    """Several attackers of one anonymizer share :class:`FixedChannels`: its columns of every
+    train pair are the columns of any subset of them, and an attacker's features of new pairs
+    are the same with the fixed channels' columns given as without."""
+    from deid.train.fusion import FixedChannels, channel_columns
+
+    train, val, test = typical_split(16, 3, 1), typical_split(6, 3, 2), typical_split(8, 3, 3)
+    anon = [dataclasses.replace(s, images=np.flip(s.images, axis=2).copy()) for s in (train, val, test)]
+    fixed = FixedChannels(anon[0], train, anon[1], val)
+    subset = fixed.train_pairs[::3]
+    stacks = [c.anonymized(anon[0].images) for c in fixed.channels], [c.real(train.images) for c in fixed.channels]
+    np.testing.assert_array_equal(
+        channel_columns(fixed.channels, *stacks, fixed.reference, train.sources, train.patients, subset),
+        fixed.train[::3])
+    attacker = train_fusion_attacker(TOY, anon[0], train, anon[1], val, seed=0, fixed=fixed)
+    pairs, _ = test.all_within_source_pairs()
+    patients = np.full(len(test.sources), "", dtype=object)
+    alone = attacker.features(anon[2].images, test.images, test.sources, patients, pairs)
+    assert alone.shape[1] == 3 * (len(fixed.channels) + 1)
+    np.testing.assert_array_equal(
+        attacker.features(anon[2].images, test.images, test.sources, patients, pairs,
+                          fixed.columns(anon[2].images, test.images, test.sources, pairs)), alone)

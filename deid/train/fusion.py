@@ -147,6 +147,100 @@ class _Reference:
     sources: np.ndarray
     patients: np.ndarray
 
+    def after(self, count: int) -> _Reference:
+        """The reference set of the channels after the first ``count``."""
+        return _Reference(self.anonymized[count:], self.real[count:], self.sources, self.patients)
+
+
+def channel_columns(channels: list[Channel], anonymized: list[np.ndarray], real: list[np.ndarray],
+                    reference: _Reference, sources: np.ndarray, patients: np.ndarray,
+                    pairs: np.ndarray) -> np.ndarray:
+    """Per pair and channel: the similarity and its two standard scores against the reference set.
+
+    Parameters
+    ----------
+    channels
+        The channels, in the order of the columns.
+    anonymized, real
+        Each channel's prepared stacks of the images the pairs index (the reference set's own
+        stacks when the pairs are the reference set's: each similarity matrix then is its own
+        matrix against the reference set).
+    reference
+        The channels' stacks of the reference set.
+    sources, patients
+        Of the images the pairs index; a pair's own patients are left out of the reference set.
+    pairs
+        Within-source pairs ``(i, j)``: ``anonymized[i]`` against ``real[j]``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(len(pairs), 3 * len(channels))``: each channel's similarity, its standard score among
+        ``i``'s similarities to the real reference images of its source, and ``j``'s among the
+        anonymized ones.
+    """
+    pair_source = sources[pairs[:, 0]]
+    columns = np.zeros((len(pairs), 3 * len(channels)))
+    for c, (channel, first, second, ref_anonymized, ref_real) in enumerate(
+            zip(channels, anonymized, real, reference.anonymized, reference.real, strict=True)):
+        own_reference = first is ref_anonymized and second is ref_real
+        for s in np.unique(pair_source):
+            index, r = np.flatnonzero(sources == s), np.flatnonzero(reference.sources == s)
+            position = np.full(len(sources), -1)
+            position[index] = np.arange(len(index))
+            matrix = channel.similarity(first[index], second[index])
+            to_reference = matrix if own_reference else channel.similarity(first[index], ref_real[r])
+            from_reference = matrix.T if own_reference else channel.similarity(ref_anonymized[r], second[index]).T
+            mean_a, std_a = _cohort_statistics(to_reference, patients[index], reference.patients[r])
+            mean_b, std_b = _cohort_statistics(from_reference, patients[index], reference.patients[r])
+            chosen = pair_source == s
+            i, j = position[pairs[chosen, 0]], position[pairs[chosen, 1]]
+            similarity = matrix[i, j]
+            columns[chosen, 3 * c] = similarity
+            columns[chosen, 3 * c + 1] = (similarity - mean_a[i]) / std_a[i]
+            columns[chosen, 3 * c + 2] = (similarity - mean_b[j]) / std_b[j]
+    return columns
+
+
+def _no_patients(sources: np.ndarray) -> np.ndarray:
+    return np.full(len(sources), "", dtype=object)
+
+
+class FixedChannels:
+    """The fixed channels of the fusion attackers trained on one anonymizer's output, prepared
+    once for all of them: their stacks of the reference set (the train split), and their columns
+    (:func:`channel_columns`) of every within-source pair of the train and validation splits. An
+    attacker adds only its own per-pixel weighted channel.
+
+    Parameters
+    ----------
+    anon_train, real_train, anon_val, real_val
+        As :func:`train_fusion_attacker` takes them.
+    search
+        The registration channel's grid.
+    """
+
+    def __init__(self, anon_train: Split, real_train: Split, anon_val: Split, real_val: Split,
+                 search: tuple = REGISTRATION_GRID) -> None:
+        side = real_train.images.shape[1]
+        candidates: list[Channel] = [*CHANNELS, RegistrationChannel(search)]
+        self.channels = [c for c in candidates if c.needs <= side]
+        self.reference = _Reference([c.anonymized(anon_train.images) for c in self.channels],
+                                    [c.real(real_train.images) for c in self.channels],
+                                    real_train.sources, real_train.patients)
+        self.train_pairs, self.train_genuine = real_train.all_within_source_pairs()
+        self.train = channel_columns(self.channels, self.reference.anonymized, self.reference.real, self.reference,
+                                     real_train.sources, real_train.patients, self.train_pairs)
+        self.val_pairs, self.val_genuine = real_val.all_within_source_pairs()
+        self.val = self.columns(anon_val.images, real_val.images, real_val.sources, self.val_pairs, real_val.patients)
+
+    def columns(self, anonymized: np.ndarray, real: np.ndarray, sources: np.ndarray, pairs: np.ndarray,
+                patients: np.ndarray | None = None) -> np.ndarray:
+        """The fixed channels' columns of ``pairs``, as :meth:`FusionAttacker.scores` takes them."""
+        return channel_columns(self.channels, [c.anonymized(anonymized) for c in self.channels],
+                               [c.real(real) for c in self.channels], self.reference, sources,
+                               _no_patients(sources) if patients is None else patients, pairs)
+
 
 class _Scorer(torch.nn.Module):
     """A linear score shared by every source plus a linear correction of each source, which reads
@@ -179,37 +273,15 @@ class FusionAttacker:
         self.fallback: dict[int, int] = {}
 
     def features(self, anonymized: np.ndarray, real: np.ndarray, sources: np.ndarray, patients: np.ndarray,
-                 pairs: np.ndarray) -> np.ndarray:
-        """Per pair: each channel's similarity and its two standard scores against the reference set."""
-        return self.vector_features([c.anonymized(anonymized) for c in self.channels],
-                                    [c.real(real) for c in self.channels], sources, patients, pairs)
-
-    def vector_features(self, anonymized: list[np.ndarray], real: list[np.ndarray], sources: np.ndarray,
-                        patients: np.ndarray, pairs: np.ndarray) -> np.ndarray:
-        """:meth:`features` from each channel's prepared stacks (the reference set's own stacks
-        when the pairs are the reference set's)."""
-        ref = self.reference
-        pair_source = sources[pairs[:, 0]]
-        columns = np.zeros((len(pairs), 3 * len(self.channels)))
-        for c, (channel, first, second, ref_anonymized, ref_real) in enumerate(
-                zip(self.channels, anonymized, real, ref.anonymized, ref.real, strict=True)):
-            own_reference = first is ref_anonymized and second is ref_real
-            for s in np.unique(pair_source):
-                index, r = np.flatnonzero(sources == s), np.flatnonzero(ref.sources == s)
-                position = np.full(len(sources), -1)
-                position[index] = np.arange(len(index))
-                matrix = channel.similarity(first[index], second[index])
-                to_reference = matrix if own_reference else channel.similarity(first[index], ref_real[r])
-                from_reference = matrix.T if own_reference else channel.similarity(ref_anonymized[r], second[index]).T
-                mean_a, std_a = _cohort_statistics(to_reference, patients[index], ref.patients[r])
-                mean_b, std_b = _cohort_statistics(from_reference, patients[index], ref.patients[r])
-                chosen = pair_source == s
-                i, j = position[pairs[chosen, 0]], position[pairs[chosen, 1]]
-                similarity = matrix[i, j]
-                columns[chosen, 3 * c] = similarity
-                columns[chosen, 3 * c + 1] = (similarity - mean_a[i]) / std_a[i]
-                columns[chosen, 3 * c + 2] = (similarity - mean_b[j]) / std_b[j]
-        return columns
+                 pairs: np.ndarray, leading: np.ndarray | None = None) -> np.ndarray:
+        """Per pair: each channel's similarity and its two standard scores against the reference
+        set (:func:`channel_columns`). ``leading``: the columns of the first channels for these
+        pairs, computed before (:meth:`FixedChannels.columns`); only the others are computed."""
+        done = 0 if leading is None else leading.shape[1] // 3
+        rest = self.channels[done:]
+        columns = channel_columns(rest, [c.anonymized(anonymized) for c in rest], [c.real(real) for c in rest],
+                                  self.reference.after(done), sources, patients, pairs)
+        return columns if leading is None else np.concatenate([leading, columns], axis=1)
 
     def source_index(self, pair_sources: np.ndarray) -> np.ndarray:
         """Each pair's source as a row of the per-source corrections (the last: a source not trained on)."""
@@ -230,13 +302,14 @@ class FusionAttacker:
 
     @torch.no_grad()
     def scores(self, anonymized: np.ndarray, real: np.ndarray, sources: np.ndarray, pairs: np.ndarray,
-               patients: np.ndarray | None = None) -> np.ndarray:
+               patients: np.ndarray | None = None, leading: np.ndarray | None = None) -> np.ndarray:
         """Scores of within-source ``pairs`` ``(i, j)``: ``anonymized[i]`` against ``real[j]``
-        (``patients`` only to leave a pair's own patient out of the reference set)."""
+        (``patients`` only to leave a pair's own patient out of the reference set; ``leading``
+        as :meth:`features` takes it)."""
         if patients is None:
-            patients = np.full(len(sources), "", dtype=object)
+            patients = _no_patients(sources)
         source = self.source_index(sources[pairs[:, 0]])
-        features = self.features(anonymized, real, sources, patients, pairs)
+        features = self.features(anonymized, real, sources, patients, pairs, leading)
         x, x_own = self.standardise(features, source)
         scores = self.scorer(x, x_own, torch.from_numpy(source)).numpy().astype(np.float64)
         for row, column in self.fallback.items():
@@ -339,7 +412,8 @@ def _choose_fallbacks(attacker: FusionAttacker, x: np.ndarray, genuine: np.ndarr
 
 def train_fusion_attacker(preset: Preset, anon_train: Split, real_train: Split, anon_val: Split, real_val: Split,
                           seed: int, steps: int = 600, check_every: int = 20, impostor_share: float = 0.5,
-                          weight_decay: float = 1e-4, search: tuple = REGISTRATION_GRID) -> FusionAttacker:
+                          weight_decay: float = 1e-4, search: tuple = REGISTRATION_GRID,
+                          fixed: FixedChannels | None = None) -> FusionAttacker:
     """A fresh fusion attacker for one anonymizer.
 
     Parameters
@@ -361,30 +435,36 @@ def train_fusion_attacker(preset: Preset, anon_train: Split, real_train: Split, 
         L2 penalty on the scorer's weights.
     search
         The registration channel's grid (the ``registration`` attacker's).
+    fixed
+        The fixed channels prepared for these splits (several attackers of one anonymizer share
+        them); prepared here when not given, with ``search``.
     """
     started = time.monotonic()
+    if fixed is None:
+        fixed = FixedChannels(anon_train, real_train, anon_val, real_val, search)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     weighted_ncc = train_metric_attacker(preset, anon_train, real_train, anon_val, real_val, seed)
     side = real_train.images.shape[1]
-    fixed: list[Channel] = [*CHANNELS, RegistrationChannel(search)]
-    channels = [channel for channel in fixed if channel.needs <= side]
-    channels.append(VectorChannel("weighted-ncc", side, lambda images: embed(weighted_ncc, images)))
-    reference = _Reference([c.anonymized(anon_train.images) for c in channels],
-                           [c.real(real_train.images) for c in channels], real_train.sources, real_train.patients)
-    attacker = FusionAttacker(channels, reference, sorted(set(real_train.sources)))
+    weighted = VectorChannel("weighted-ncc", side, lambda images: embed(weighted_ncc, images))
+    own = _Reference([weighted.anonymized(anon_train.images)], [weighted.real(real_train.images)],
+                     real_train.sources, real_train.patients)
+    reference = _Reference([*fixed.reference.anonymized, *own.anonymized], [*fixed.reference.real, *own.real],
+                           real_train.sources, real_train.patients)
+    attacker = FusionAttacker([*fixed.channels, weighted], reference, sorted(set(real_train.sources)))
 
-    pairs, genuine = real_train.all_within_source_pairs()
-    keep = genuine | (rng.random(len(pairs)) < impostor_share)
-    pairs, genuine = pairs[keep], genuine[keep]
+    keep = fixed.train_genuine | (rng.random(len(fixed.train_pairs)) < impostor_share)
+    pairs, genuine = fixed.train_pairs[keep], fixed.train_genuine[keep]
     pair_source = real_train.sources[pairs[:, 0]]
     source = attacker.source_index(pair_source)
-    x = attacker.vector_features(reference.anonymized, reference.real, real_train.sources, real_train.patients, pairs)
+    x = np.concatenate([fixed.train[keep], channel_columns([weighted], own.anonymized, own.real, own,
+                                                           real_train.sources, real_train.patients, pairs)], axis=1)
     attacker.fit_standardisation(x, source)
     inputs = (*attacker.standardise(x, source), torch.from_numpy(source))
-    val_pairs, val_genuine = real_val.all_within_source_pairs()
+    val_pairs, val_genuine = fixed.val_pairs, fixed.val_genuine
     val_source = attacker.source_index(real_val.sources[val_pairs[:, 0]])
-    x_val = attacker.features(anon_val.images, real_val.images, real_val.sources, real_val.patients, val_pairs)
+    x_val = attacker.features(anon_val.images, real_val.images, real_val.sources, real_val.patients, val_pairs,
+                              fixed.val)
     val_inputs = (*attacker.standardise(x_val, val_source), torch.from_numpy(val_source))
 
     @torch.no_grad()

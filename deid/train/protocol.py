@@ -32,7 +32,7 @@ from deid.train.attacks import (
     registration_scores,
 )
 from deid.train.data import LABELS, Split
-from deid.train.fusion import train_fusion_attacker
+from deid.train.fusion import FixedChannels, train_fusion_attacker
 from deid.train.loops import class_probabilities
 from deid.train.metrics import roc_auc
 from deid.train.networks import Classifier
@@ -97,10 +97,11 @@ def reidentification(preset: Preset, anonymize: Anonymizer, train: Split, val: S
     if runs:
         anon_train = replace(train, images=anonymize(train.images))
         anon_val = replace(val, images=anonymize(val.images))
+        fixed_channels = FixedChannels(anon_train, train, anon_val, val, search or REGISTRATION_GRID)
+        test_columns = fixed_channels.columns(anon_test, test.images, test.sources, pairs)
     for run in range(runs):
-        attacker = train_fusion_attacker(preset, anon_train, train, anon_val, val, seed + run,
-                                         search=search or REGISTRATION_GRID)
-        learned.append(figures(attacker.scores(anon_test, test.images, test.sources, pairs)))
+        attacker = train_fusion_attacker(preset, anon_train, train, anon_val, val, seed + run, fixed=fixed_channels)
+        learned.append(figures(attacker.scores(anon_test, test.images, test.sources, pairs, leading=test_columns)))
         choices.append(attacker.channel_choices())
         log.info("attacker", run=run, weighted=round(learned[-1]["weighted"], 4))
     maxima: list[dict[str, Any]] = [
