@@ -108,6 +108,22 @@ def test_pretraining_is_seeded(cxr):
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
 
 
+@pytest.mark.parametrize("keep_best", [True, False])
+def test_adversarial_training_reports_its_steps_and_the_step_kept(cxr, keep_best):
+    from structlog.testing import capture_logs
+
+    val = load_split(cxr, "val", TINY.size)
+    # critics this fast make the validation loss rise after the first epoch
+    p = dataclasses.replace(TINY, adversarial_epochs=4, adversarial_pairs=40, batch=32, critic_lr=3e-2)
+    deformation = loops.new_deformation(p, 0.05, seed=3)
+    with capture_logs() as logs:
+        _, steps, kept_step = loops.train_adversarial(p, deformation, loops.new_verifier(p), loops.new_classifier(p),
+                                                      val, val, seed=3, keep_best=keep_best)
+    losses = [e["val_loss"] for e in logs if e.get("network") == "adversarial"]
+    assert steps == 4 * 2 and int(np.argmin(losses)) < 3
+    assert kept_step == (2 * (int(np.argmin(losses)) + 1) if keep_best else steps)
+
+
 def test_export_keeps_height_and_width_symbolic_and_matches_torch(tmp_path):
     pytest.importorskip("onnxruntime")
     from deid.train.export import CHECK_SIZES, export

@@ -78,11 +78,11 @@ def train(shared: Path, work: Path, preset_name: str, mu: float, light: bool, se
     started = time.monotonic()
     deformation = loops.new_deformation(p, mu, seed)
     loops.pretrain_generator(p, deformation, train_split, val, seed)
-    loops.train_adversarial(p, deformation, copy.deepcopy(verifier), copy.deepcopy(classifier),
-                            train_split, val, seed, keep_best=not keep_last)
+    _, steps, kept_step = loops.train_adversarial(p, deformation, copy.deepcopy(verifier), copy.deepcopy(classifier),
+                                                  train_split, val, seed, keep_best=not keep_last)
     path = work / f"generator-{generator_name(p, mu, keep_last)}.pt"
     torch.save({"preset": preset_name, "light": light, "mu": mu, "seed": seed, "epochs": p.adversarial_epochs,
-                "keep_last": keep_last,
+                "keep_last": keep_last, "steps": steps, "kept_step": kept_step,
                 "minutes": (time.monotonic() - started) / 60, "state_dict": deformation.generator.state_dict()}, path)
     return path
 

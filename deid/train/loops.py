@@ -107,22 +107,23 @@ Network = TypeVar("Network", bound=torch.nn.Module)
 def _early_stopping(
     model: Network, epochs: int, patience: int, epoch: Callable[[int], float], what: str,
     keep_best: bool = True,
-) -> tuple[Network, float]:
+) -> tuple[Network, float, int]:
     """Run ``epoch(i)`` (returns the validation loss) until ``patience`` epochs bring no better
-    loss; load the best weights back (or, without ``keep_best``, keep the last)."""
-    best, best_state, waited = float("inf"), copy.deepcopy(model.state_dict()), 0
+    loss; load the best weights back (or, without ``keep_best``, keep the last). Returns the
+    model, the best loss and the epoch kept."""
+    best, best_state, waited, best_epoch, i = float("inf"), copy.deepcopy(model.state_dict()), 0, -1, -1
     for i in range(epochs):
         loss = epoch(i)
         log.info("epoch", network=what, epoch=i, val_loss=round(loss, 5))
         if loss < best:
-            best, best_state, waited = loss, copy.deepcopy(model.state_dict()), 0
+            best, best_state, waited, best_epoch = loss, copy.deepcopy(model.state_dict()), 0, i
         else:
             waited += 1
             if waited >= patience:
                 break
     if keep_best:
         model.load_state_dict(best_state)
-    return model.eval(), best
+    return model.eval(), best, best_epoch if keep_best else i
 
 
 def train_verifier(preset: Preset, train: Split, val: Split, seed: int) -> SiameseVerifier:
@@ -249,7 +250,7 @@ def pretrain_generator(preset: Preset, deformation: Deformation, train: Split, v
 def train_adversarial(
     preset: Preset, deformation: Deformation, verifier: SiameseVerifier, classifier: Classifier,
     train: Split, val: Split, seed: int, keep_best: bool = True,
-) -> Deformation:
+) -> tuple[Deformation, int, int]:
     """Phase 2: the generator against the live attacker and classifier.
 
     Generator loss = masked BCE of the classifier on the deformed first image + mean of
@@ -257,7 +258,8 @@ def train_adversarial(
     verifier (Adam, BCE on the pair labels) and the classifier (Adam, masked BCE) take one step
     on the deformed images. The generator with the lowest validation loss is kept (as published),
     or the last one without ``keep_best``: the live critics keep improving, so the published rule
-    favours early epochs.
+    favours early epochs. Returns the generator, the generator steps taken and the step after
+    which the kept generator was taken.
     """
     rng = seed_everything(seed)
     g_opt = torch.optim.Adam(deformation.generator.parameters(), lr=preset.lr)
@@ -274,9 +276,13 @@ def train_adversarial(
         privacy = F.softplus(verifier(deformed, x2)).mean()  # -log(1 - sigmoid(logit))
         return deformed, utility, privacy
 
+    steps_after: list[int] = []
+
     def epoch(_: int) -> float:
         pairs, labels = balanced_pairs(train, rng, preset.adversarial_pairs)
-        for b in _batches(len(pairs), preset.batch):
+        batches = list(_batches(len(pairs), preset.batch))
+        steps_after.append((steps_after[-1] if steps_after else 0) + len(batches))
+        for b in batches:
             i, j = on_device(pairs[b, 0]), on_device(pairs[b, 1])
             x1, x2 = x_train[i], x_train[j]
             deformation.train(), verifier.eval(), classifier.eval()
@@ -304,9 +310,10 @@ def train_adversarial(
                 total.append((utility + privacy).item() * (b.stop - b.start))
         return sum(total) / len(val_pairs)
 
-    return _early_stopping(
+    deformation, _, kept = _early_stopping(
         deformation, preset.adversarial_epochs, preset.adversarial_epochs, epoch, "adversarial", keep_best
-    )[0]
+    )
+    return deformation, steps_after[-1] if steps_after else 0, steps_after[kept] if kept >= 0 else 0
 
 
 @torch.no_grad()
