@@ -174,7 +174,7 @@ def test_a_new_measurement_is_recorded_in_the_models_metadata_and_refused_for_an
 def test_report_says_each_rows_gain_over_real_images_and_whether_it_meets_the_milestone(tmp_path):
     from deid.train.commands import report
 
-    def evaluation(name, weighted, utility, learned=None, choices=None):
+    def evaluation(name, weighted, utility, learned=None, choices=None, **training):
         sources = {"s": [w + 0.01 for w in weighted]}
         reid = {"scored": ["s"], "max": {"weighted": weighted, "pooled": weighted, "by_source": sources},
                 "attackers": {"ncc32": {"weighted": [weighted[0]], "pooled": [weighted[0]],
@@ -183,16 +183,17 @@ def test_report_says_each_rows_gain_over_real_images_and_whether_it_meets_the_mi
             reid["attackers"]["learned"] = {"weighted": learned, "pooled": learned, "by_source": {"s": learned}}
             reid["learned_choices"] = choices
         (tmp_path / f"eval-{name}.json").write_text(json.dumps(
-            {"name": name, "reid": reid, "classification": {"auc_mean": utility}}))
+            {"name": name, "reid": reid, "classification": {"auc_mean": utility}, **training}))
 
     evaluation("real", [0.76, 0.76, 0.76], 0.865, [0.75, 0.76, 0.74], [{"s": "fusion"}, {"s": "hog64-8"},
                                                                        {"s": "fusion"}])
-    evaluation("good", [0.64, 0.65, 0.63], 0.86)
+    evaluation("good", [0.64, 0.65, 0.63], 0.86, steps=40, train_minutes=0.41)
     evaluation("lossy", [0.64, 0.65, 0.63], 0.85)
     table = report(tmp_path)
     main, _, rest = table.partition("\n\n")
     rows = {line.split(" | ")[0].strip("| "): line for line in main.splitlines()}
     rows["s"] = next(line for line in rest.splitlines() if line.startswith("| s |"))
+    assert rows["good"].startswith("| good | – | 40 | 0.4 | 0 | **0.640 ± 0.008** |")
     assert rows["good"].endswith("| -0.120 | 0.640 ± 0.008 | 0.650 ± 0.008 | 0.860 | -0.5 | yes |")
     assert rows["lossy"].endswith("| 0.850 | -1.5 | no |")
     assert rows["s"] == "| s | ncc32 | 0.700 | 0.750 ± 0.008 | fusion, hog64-8, fusion |"

@@ -281,7 +281,7 @@ def report(work: Path) -> str:
         best = r["reid"]["max"]
         gflop = f"{r['gflop']:.2f}" if "gflop" in r else "–"
         steps = str(r["steps"]) if r.get("steps") else "–"
-        minutes = f"{r['train_minutes']:.0f}" if r.get("train_minutes") else "–"
+        minutes = f"{r['train_minutes']:.1f}" if r.get("train_minutes") else "–"
         learned_runs = len(r["reid"]["attackers"].get("learned", {}).get("weighted", []))
         gain, loss, milestone = "–", "–", "–"
         if real is not None and r is not real:
