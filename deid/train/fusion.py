@@ -21,6 +21,9 @@ Where the fusion links a source's held-out train pairs worse than one fixed chan
 alone (:func:`_choose_fallbacks`: two halves of the patients, each scored by a scorer trained on
 the other), that source is scored by that channel: a source with few training pairs cannot carry
 its own correction, and the validation split may hold none of its pairs.
+
+The attackers trained on one anonymizer share its fixed channels (:class:`FixedChannels`: their
+reference stacks and the columns of every pair, computed once); each adds its weighted channel.
 """
 
 from __future__ import annotations
